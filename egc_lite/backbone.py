@@ -1,0 +1,247 @@
+"""Backbones: the frozen latent diffusion model both codecs run on.
+
+A :class:`Backbone` carries what the codecs need: ``vae``, ``unet``, ``scheduler``, the
+unconditional embedding ``null_cond`` (classifier-free guidance's :math:`\\varnothing`), the
+latent scale, the device and dtype, and ``backbone_id``, a stable identifier written into every
+bitstream so that a decoder refuses a file made with another backbone.
+
+:func:`load_backbone` accepts
+
+* ``"egc-tiny"``: the small backbone shipped inside the package (offline, CPU friendly);
+* a local folder in the Stable Diffusion layout (``vae/``, ``unet/``, ``scheduler/``, and
+  either ``null_cond.safetensors`` or ``text_encoder/`` + ``tokenizer/`` to compute the null
+  embedding once);
+* a hub id such as ``"stabilityai/stable-diffusion-2-1-base"``: taken from the local Hugging Face
+  cache; downloaded only when the hub answers within a couple of seconds;
+* ``"tiny-random"`` or ``"tiny-random:SEED"``: seeded random weights for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+from .errors import ModelNotFoundError, ParameterError
+from .tiny import TEST_CONFIG, build_components
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
+NULL_COND_FILE = "null_cond.safetensors"
+HUB_HOST = ("huggingface.co", 443)
+
+
+@dataclass
+class Backbone:
+    """A frozen latent diffusion model and what the codecs need around it."""
+
+    name: str
+    backbone_id: str
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: DDIMScheduler
+    null_cond: torch.Tensor  # (1, n_tokens, cond_dim)
+    latent_scale: float
+    device: torch.device
+    dtype: torch.dtype
+    path: Path | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.null_cond.shape[1])
+
+    @property
+    def cond_dim(self) -> int:
+        return int(self.null_cond.shape[2])
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_factor(self) -> int:
+        """Spatial downsampling of the VAE (8 for Stable Diffusion and egc-tiny)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (posterior mean: deterministic)."""
+        x = (x01 * 2 - 1).to(self.device, self.vae_dtype)
+        return self.vae.encode(x).latent_dist.mean.to(self.dtype) * self.latent_scale
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """Image :math:`\\mathcal{D}(z_0/s)` in [0, 1] (differentiable; not clamped)."""
+        x = self.vae.decode((z0 / self.latent_scale).to(self.vae_dtype)).sample
+        return (x.float() + 1) / 2
+
+
+def resolve_device(device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """``"auto"`` picks CUDA (float16) when present, else the CPU (float32)."""
+    if isinstance(device, str) and device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu")
+    if dtype is None:
+        dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    if dev.type == "cpu" and dtype == torch.float16:
+        raise ParameterError("float16 is not supported on the CPU: use float32")
+    return dev, dtype
+
+
+def _hash_files(paths: list[Path], full: bool) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        if full or p.suffix == ".json":
+            h.update(p.read_bytes())
+        else:
+            h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()[:10]
+
+
+def _folder_id(name: str, folder: Path, full: bool) -> str:
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"}]
+    return f"{name}:{_hash_files(files, full)}"
+
+
+def _finish(name: str, backbone_id: str, vae, unet, scheduler, null_cond, device, dtype, path=None) -> Backbone:
+    vae_dtype = torch.float32 if (dtype != torch.float32 and getattr(vae.config, "force_upcast", False)) else dtype
+    vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
+    unet = unet.to(device, dtype).eval().requires_grad_(False)
+    scale = float(getattr(vae.config, "scaling_factor", 1.0))
+    if not isinstance(scheduler, DDIMScheduler):
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    return Backbone(name=name, backbone_id=backbone_id, vae=vae, unet=unet, scheduler=scheduler,
+                    null_cond=null_cond.to(device, dtype), latent_scale=scale, device=device, dtype=dtype, path=path)
+
+
+def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Backbone:
+    """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU)."""
+    dev, dt = resolve_device(device, dtype)
+    c = build_components(TEST_CONFIG, seed=seed)
+    return _finish(f"tiny-random:{seed}", f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt)
+
+
+def _null_cond_from_text_encoder(folder: Path, **kw) -> torch.Tensor:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **kw)
+    enc = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
+    ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return enc(ids)[0].float()
+
+
+def _load_folder(name: str, folder: Path, device, dtype, full_hash: bool) -> Backbone:
+    missing = [s for s in ("vae", "unet", "scheduler") if not (folder / s).is_dir()]
+    if missing:
+        raise ModelNotFoundError(
+            f"{folder} is not a Stable Diffusion folder: missing {', '.join(s + '/' for s in missing)}; "
+            "give a folder with vae/, unet/, scheduler/ (and text_encoder/ + tokenizer/ or null_cond.safetensors)"
+        )
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    if (folder / NULL_COND_FILE).exists():
+        from safetensors.torch import load_file
+
+        null_cond = load_file(folder / NULL_COND_FILE)["null_cond"]
+    elif (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
+        null_cond = _null_cond_from_text_encoder(folder, local_files_only=True)
+    else:
+        raise ModelNotFoundError(
+            f"{folder} has no null embedding: add {NULL_COND_FILE} or text_encoder/ and tokenizer/"
+        )
+    return _finish(name, _folder_id(name, folder, full_hash), vae, unet, scheduler, null_cond, device, dtype, folder)
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() not in {"", "0"}:
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cache_dir() -> Path:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def _load_hub(spec: str, device, dtype) -> Backbone:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["vae/*", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "model_index.json"]
+    try:
+        folder = Path(snapshot_download(spec, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        if not _hub_reachable():
+            raise ModelNotFoundError(
+                f"weights for {spec!r} are not in the Hugging Face cache ({_hub_cache_dir()}) and the hub is not "
+                "reachable from this machine: download them on a connected machine "
+                f"(`huggingface-cli download {spec}`) and copy the cache, or pass a local folder"
+            ) from None
+        try:
+            folder = Path(snapshot_download(spec, allow_patterns=patterns))
+        except Exception as exc:
+            raise ModelNotFoundError(f"could not download {spec!r} from the hub: {exc}") from None
+    return _load_folder(spec, folder, device, dtype, full_hash=False)
+
+
+def load_backbone(spec: str = "egc-tiny", device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Backbone:
+    """Load a backbone by name, local folder or hub id (see the module docstring)."""
+    dev, dt = resolve_device(device, dtype)
+    if spec.startswith("tiny-random"):
+        _, _, seed = spec.partition(":")
+        if seed and not seed.isdigit():
+            raise ParameterError(f"bad tiny-random seed {seed!r}: use tiny-random:<integer>")
+        return tiny_random_backbone(int(seed or 0), dev, dt)
+    if spec == "egc-tiny":
+        if not (EGC_TINY_DIR / "unet").is_dir():
+            raise ModelNotFoundError(
+                f"the egc-tiny weights are not in this installation (looked in {EGC_TINY_DIR}): "
+                "reinstall egc_lite from a full clone, or train them with `egc train backbone`"
+            )
+        return _load_folder("egc-tiny", EGC_TINY_DIR, dev, dt, full_hash=True)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file: a backbone is a folder with vae/, unet/ and scheduler/")
+        return _load_folder(path.name, path.resolve(), dev, dt, full_hash=False)
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _load_hub(spec, dev, dt)
+    raise ModelNotFoundError(
+        f"unknown backbone {spec!r}: no such folder; use 'egc-tiny', a local Stable Diffusion folder, "
+        "a hub id such as 'stabilityai/stable-diffusion-2-1-base', or 'tiny-random'"
+    )
+
+
+def save_backbone(backbone: Backbone, folder: str | Path) -> Path:
+    """Write a backbone in the diffusers layout, with its null embedding (loadable by :func:`load_backbone`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vae = backbone.vae
+    if abs(float(vae.config.scaling_factor) - backbone.latent_scale) > 0:
+        vae.register_to_config(scaling_factor=backbone.latent_scale)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    backbone.scheduler.save_pretrained(folder / "scheduler")
+    save_file({"null_cond": backbone.null_cond.detach().float().cpu().contiguous()}, folder / NULL_COND_FILE)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "egc_lite.Backbone", "name": backbone.name}, indent=1))
+    return folder

@@ -1,0 +1,188 @@
+"""The ``egc`` command line.
+
+``egc compress IMAGE -o FILE [--codec guide|textinv|diffeic] [--bpp T] [--quality N] [--seed S]``,
+``egc decompress FILE -o PNG [--samples N]``, ``egc info FILE``, ``egc demo``, ``egc train ...``.
+A user mistake prints one line on stderr and exits with status 2; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import EGCError
+
+DEFAULT_CODEC = "guide"
+DEFAULT_BACKBONE = "egc-tiny"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="egc-tiny, a local SD folder or a hub id (default: egc-tiny)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egc", description="Extreme generative image compression with latent diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress an image into an egc_lite file")
+    c.add_argument("image", type=Path)
+    c.add_argument("-o", "--output", type=Path, required=True)
+    c.add_argument("--codec", default=DEFAULT_CODEC, help=f"guide, textinv or diffeic (default: {DEFAULT_CODEC})")
+    c.add_argument("--bpp", type=float, default=None, help="target rate in bits per pixel")
+    c.add_argument("--quality", type=int, default=None, help="rate point (1 = lowest rate)")
+    c.add_argument("--seed", type=int, default=0, help="decoder seed stored in the file (default 0)")
+    c.add_argument("--steps", type=int, default=None, help="sampling steps stored in the file")
+    c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
+    c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
+    c.add_argument("--start-step", type=int, default=None, help="diffeic: start from the content variables at this step")
+    _add_common(c)
+
+    d = sub.add_parser("decompress", help="decode an egc_lite file to PNG")
+    d.add_argument("file", type=Path)
+    d.add_argument("-o", "--output", type=Path, required=True)
+    d.add_argument("--samples", type=int, default=1, help="number of reconstructions (different decoder seeds)")
+    _add_common(d)
+
+    i = sub.add_parser("info", help="print a file's header")
+    i.add_argument("file", type=Path)
+
+    m = sub.add_parser("demo", help="one Kodak image through the default codec; writes figures/demo.png")
+    m.add_argument("--image", type=int, default=23, help="Kodak image number (default 23)")
+    m.add_argument("--codec", default=None, help="codec (default: the kit's default)")
+    m.add_argument("--bpp", type=float, default=0.07)
+    m.add_argument("--out", type=Path, default=Path("figures"))
+    _add_common(m)
+
+    t = sub.add_parser("train", help="train egc-tiny or a codec's learned parts")
+    tsub = t.add_subparsers(dest="what", required=True)
+    tb = tsub.add_parser("backbone", help="train egc-tiny (phases vae, decoder, unet; resumable)")
+    tb.add_argument("--phase", choices=("vae", "decoder", "unet"), required=True)
+    tb.add_argument("--ckpt", default="checkpoints/egc-tiny", help="checkpoint folder (outside the repository)")
+    tb.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
+    tb.add_argument("--steps", type=int, default=1000)
+    tb.add_argument("--batch-size", type=int, default=8)
+    tb.add_argument("--crop", type=int, default=128)
+    tb.add_argument("--lr", type=float, default=4e-4)
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--max-minutes", type=float, default=None)
+    tb.add_argument("--threads", type=int, default=None)
+    tb.add_argument("--device", default="auto")
+    te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
+    te.add_argument("--ckpt", default="checkpoints/egc-tiny")
+    te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
+    return parser
+
+
+def _progress(args) -> None:
+    from .progress import set_progress
+
+    if getattr(args, "no_progress", False):
+        set_progress(False)
+
+
+def _load_backbone_for(codec_name: str, args):
+    from .codecs import codec_class
+
+    if not codec_class(codec_name).uses_backbone:
+        return None
+    from .backbone import load_backbone
+
+    return load_backbone(args.backbone, device=args.device)
+
+
+def cmd_compress(args) -> int:
+    from .bitstream import write_bitstream
+    from .codecs import CompressOptions, make_codec
+    from .data import load_image
+
+    x = load_image(args.image)
+    opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
+                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step)
+    codec = make_codec(args.codec, _load_backbone_for(args.codec, args))
+    t0 = time.perf_counter()
+    bs = codec.compress(x, opts)
+    n = write_bitstream(args.output, bs)
+    h, w = x.shape[1:]
+    note = ""
+    if args.bpp is not None and bs.bpp() > args.bpp * 1.0001:
+        note = f" (above the {args.bpp} bpp target: the codec cannot go lower on this image)"
+    print(f"{args.output}: {n} bytes, {8 * n / (h * w):.4f} bpp, {w}x{h}, codec {bs.codec}, "
+          f"{time.perf_counter() - t0:.1f} s{note}")
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from .bitstream import read_bitstream
+    from .codecs import make_codec
+    from .data import save_image
+    from .errors import ParameterError
+
+    if not 1 <= args.samples <= 64:
+        raise ParameterError(f"--samples must be in 1..64, got {args.samples}")
+    bs = read_bitstream(args.file)
+    codec = make_codec(bs.codec, _load_backbone_for(bs.codec, args))
+    outputs = []
+    for k in range(args.samples):
+        x = codec.decompress(bs, sample=k)
+        path = args.output if args.samples == 1 else args.output.with_name(f"{args.output.stem}_{k}{args.output.suffix or '.png'}")
+        save_image(x, path)
+        outputs.append(str(path))
+    print(f"wrote {', '.join(outputs)}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .bitstream import describe, read_bitstream
+
+    bs = read_bitstream(args.file)
+    print(describe(bs, num_bytes=os.path.getsize(args.file)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    print(run_demo(image=args.image, codec=args.codec, bpp=args.bpp, out_dir=args.out, backbone=args.backbone, device=args.device))
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.what == "backbone":
+        from .train_backbone import BackboneTrainConfig, train
+
+        cfg = BackboneTrainConfig(phase=args.phase, ckpt_dir=args.ckpt, data_dir=args.data, steps=args.steps,
+                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                                  max_minutes=args.max_minutes, threads=args.threads, device=args.device)
+        print(train(cfg))
+        return 0
+    if args.what == "export":
+        from .train_backbone import export_backbone
+
+        print(export_backbone(args.ckpt, args.out))
+        return 0
+    return 2
+
+
+COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info, "demo": cmd_demo, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _progress(args)
+    try:
+        return COMMANDS[args.command](args)
+    except EGCError as exc:
+        print(f"egc: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("egc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What every codec of the kit is: image tensor in, :class:`~egc_lite.bitstream.Bitstream` out, and back."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..backbone import Backbone
+from ..bitstream import Bitstream
+from ..errors import BitstreamError, ImageError, ParameterError
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """The command line's rate and decoding choices; each codec reads the ones it has.
+
+    ``bpp`` is a target rate (the codec searches its own knobs to land at or below it);
+    ``quality`` is a discrete rate point (1 = lowest rate, as in CompressAI). ``None``
+    fields take the codec's default.
+    """
+
+    bpp: float | None = None
+    quality: int | None = None
+    seed: int = 0
+    steps: int | None = None
+    guidance_scale: float | None = None  # s_f (classifier-free guidance)
+    compression_guidance: float | None = None  # s_c (codec A)
+    start_step: int | None = None  # DiffEIC: start from the content variables at this step
+
+    def __post_init__(self) -> None:
+        if self.bpp is not None and not 0 < self.bpp <= 24:
+            raise ParameterError(f"--bpp must be in (0, 24], got {self.bpp}")
+        if self.seed < 0 or self.seed >= 2**63:
+            raise ParameterError(f"--seed must be a non-negative 63-bit integer, got {self.seed}")
+        if self.steps is not None and not 1 <= self.steps <= 1000:
+            raise ParameterError(f"--steps must be in 1..1000, got {self.steps}")
+
+
+class Codec(ABC):
+    """A codec: :meth:`compress` an image ``(3, H, W)`` in [0, 1], :meth:`decompress` a bitstream."""
+
+    name: ClassVar[str]
+    uses_backbone: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone | None = None) -> None:
+        if self.uses_backbone and backbone is None:
+            raise ParameterError(f"the {self.name} codec needs a backbone")
+        self.backbone = backbone
+
+    @property
+    def backbone_id(self) -> str:
+        return self.backbone.backbone_id if (self.uses_backbone and self.backbone is not None) else ""
+
+    @abstractmethod
+    def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
+        """Code one image."""
+
+    @abstractmethod
+    def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:
+        """Rebuild the image ``(3, H, W)`` in [0, 1]; ``sample`` > 0 varies the decoder's seed."""
+
+    # helpers shared by the codecs
+    @staticmethod
+    def check_image(x: torch.Tensor, multiple: int = 1, min_side: int = 1) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[0] != 3:
+            raise ImageError(f"expected an RGB image tensor of shape (3, H, W), got {getattr(x, 'shape', type(x))}")
+        h, w = x.shape[1:]
+        if min(h, w) < min_side:
+            raise ImageError(f"image is {w}x{h}; this codec needs at least {min_side} pixels per side")
+        if h > 65535 or w > 65535:
+            raise ImageError(f"image is {w}x{h}; sides above 65535 pixels are not supported")
+        return x.float().clamp(0, 1)
+
+    def check_stream(self, bs: Bitstream) -> None:
+        if bs.codec != self.name:
+            raise BitstreamError(f"this is a {bs.codec!r} file, not {self.name!r}")
+        if self.uses_backbone and bs.backbone_id != self.backbone_id:
+            raise BitstreamError(
+                f"file was made with backbone {bs.backbone_id!r} but the loaded backbone is "
+                f"{self.backbone_id!r}: decode with the backbone that made it"
+            )
+
+    @staticmethod
+    def param(bs: Bitstream, key: str, kind: type):
+        """A required header field of the given type, or a :class:`BitstreamError`."""
+        if key not in bs.params:
+            raise BitstreamError(f"{bs.codec} file lacks its {key!r} header field")
+        value = bs.params[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise BitstreamError(f"header field {key!r} has the wrong type ({type(value).__name__})")
+        return value
+
+    @staticmethod
+    def section(bs: Bitstream, name: str) -> bytes:
+        if name not in bs.sections:
+            raise BitstreamError(f"{bs.codec} file lacks its {name!r} section")
+        return bs.sections[name]

@@ -1,0 +1,173 @@
+"""Architecture of the kit's small backbones: ``egc-tiny`` and the tiny random test models.
+
+They use exactly the classes of Stable Diffusion (``AutoencoderKL`` with /8 latents and 4
+channels, ``UNet2DConditionModel`` with cross-attention, ``DDIMScheduler``), only narrower, so
+that every code path of the kit is the one a GPU user runs with real weights.
+
+The conditioning of ``egc-tiny`` is a short sequence of ``n_tokens`` vectors of width
+``cond_dim`` fed straight to the UNet's cross-attention (the role of SD's text embedding).
+During training it is produced from the clean latent by :class:`ImageTokenEncoder` and
+replaced by the learned null embedding a fraction of the time, so that an embedding carries
+information about its image and classifier-free guidance has a null embedding to contrast
+with. At compression time the encoder is not used: codec A inverts the embedding directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TinyBackboneConfig:
+    """Widths and depths of a small SD-class backbone."""
+
+    vae_channels: tuple[int, ...] = (16, 32, 64, 128)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 8
+    latent_channels: int = 4
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
+    unet_norm_groups: int = 16
+    attention_head_dim: int = 32
+    n_tokens: int = 8
+    cond_dim: int = 128
+    sample_size: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Configuration of the tiny random backbones used by the tests (fast, ~0.1 M parameters).
+TEST_CONFIG = TinyBackboneConfig(
+    vae_channels=(8, 8, 16, 16),
+    vae_norm_groups=4,
+    unet_channels=(16, 32),
+    unet_norm_groups=8,
+    attention_head_dim=8,
+    n_tokens=4,
+    cond_dim=16,
+    sample_size=8,
+)
+
+
+def build_vae(cfg: TinyBackboneConfig) -> AutoencoderKL:
+    """An ``AutoencoderKL`` with /8 latents (needs 4 resolution levels)."""
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.vae_norm_groups,
+        sample_size=cfg.sample_size * 8,
+        mid_block_add_attention=False,
+        scaling_factor=1.0,
+    )
+
+
+def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
+    """A ``UNet2DConditionModel`` with cross-attention on all but the finest level."""
+    n = len(cfg.unet_channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.unet_layers_per_block,
+        norm_num_groups=cfg.unet_norm_groups,
+        cross_attention_dim=cfg.cond_dim,
+        attention_head_dim=cfg.attention_head_dim,
+    )
+
+
+def build_scheduler() -> DDIMScheduler:
+    """Stable Diffusion's noise schedule (scaled linear betas, 1000 steps, epsilon prediction)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def _coord_features(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Sinusoidal features of normalised (y, x) in [0, 1], shape (h*w, dim): size-independent."""
+    ys = torch.linspace(0, 1, h, device=device)
+    xs = torch.linspace(0, 1, w, device=device)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+    n_freq = dim // 4
+    freqs = (2.0 ** torch.arange(n_freq, device=device)) * math.pi
+    ang = grid[:, :, None] * freqs  # (hw, 2, n_freq)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1).reshape(h * w, -1)
+
+
+class ImageTokenEncoder(nn.Module):
+    """Maps a clean latent (B, 4, h, w) to ``n_tokens`` conditioning vectors by attention pooling.
+
+    Used only to train ``egc-tiny`` (it gives the UNet embeddings that describe their image);
+    learned queries attend over conv features plus position features of normalised
+    coordinates, so it works at any latent size.
+    """
+
+    def __init__(self, cfg: TinyBackboneConfig, width: int = 128) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, width // 2, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+        )
+        self.pos = nn.Linear(width, width)
+        self.queries = nn.Parameter(torch.randn(cfg.n_tokens, width) * 0.02)
+        self.attn = nn.MultiheadAttention(width, num_heads=4, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.cond_dim))
+        self.width = width
+
+    def forward(self, z0: torch.Tensor) -> torch.Tensor:
+        f = self.convs(z0)
+        b, c, h, w = f.shape
+        f = f.flatten(2).transpose(1, 2) + self.pos(_coord_features(h, w, c, f.device))
+        q = self.queries.unsqueeze(0).expand(b, -1, -1)
+        tokens, _ = self.attn(q, f, f, need_weights=False)
+        return self.out(tokens)
+
+
+@dataclass
+class TinyComponents:
+    """The modules of a freshly built small backbone."""
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: DDIMScheduler
+    null_cond: torch.Tensor
+    config: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
+
+
+def build_components(cfg: TinyBackboneConfig, seed: int = 0) -> TinyComponents:
+    """Build all components with seeded random weights."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vae = build_vae(cfg)
+        unet = build_unet(cfg)
+        null_cond = torch.randn(1, cfg.n_tokens, cfg.cond_dim) * 0.1
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(), null_cond=null_cond, config=cfg)

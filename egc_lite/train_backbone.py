@@ -1,0 +1,250 @@
+"""Training of ``egc-tiny`` on the training photos (never on Kodak).
+
+Three phases, each resumable from ``<ckpt>/<phase>.pt``:
+
+1. ``vae``: the whole ``AutoencoderKL`` on random crops (L1 + MSE + a tiny KL weight).
+2. ``decoder``: the encoder is frozen (the latent space no longer moves) and only the decoder
+   keeps training, so it can run beside phase 3.
+3. ``unet``: the UNet and the conditioning encoder on latents of the frozen encoder: the
+   noise-prediction loss :math:`\\mathbb{E}_{t,\\epsilon}\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`
+   with ``e`` from :class:`~egc_lite.tiny.ImageTokenEncoder`, replaced by the null embedding with
+   probability ``p_uncond`` (classifier-free guidance needs both).
+
+``export`` writes the diffusers folder that :func:`egc_lite.backbone.load_backbone` reads.
+Runs on CPU or CUDA; under ``accelerate launch`` each process trains on its own seeded stream
+and gradients are averaged by Accelerate.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .progress import progress
+from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
+
+EGC_TINY_CONFIG = TinyBackboneConfig()
+
+
+@dataclass
+class BackboneTrainConfig:
+    """Options of one training phase."""
+
+    phase: str = "vae"  # vae | decoder | unet
+    ckpt_dir: str = "checkpoints/egc-tiny"
+    data_dir: str | None = None
+    steps: int = 1000
+    batch_size: int = 8
+    crop: int = 128
+    lr: float = 4e-4
+    kl_weight: float = 1e-6
+    p_uncond: float = 0.15
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 200
+    threads: int | None = None
+    device: str = "auto"
+    max_minutes: float | None = None
+
+
+# ---------------------------------------------------------------------------------- data
+class CropSampler:
+    """Random crops of a few pre-scaled copies of each photo, with horizontal flips."""
+
+    def __init__(self, folder: Path, scales: tuple[float, ...] = (1.0, 0.75, 0.6, 0.45), seed: int = 0) -> None:
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        if not paths:
+            raise FileNotFoundError(f"no training photos in {folder}")
+        self.pyramid: list[torch.Tensor] = []
+        for p in paths:
+            img = Image.open(p).convert("RGB")
+            for s in scales:
+                w, h = max(64, round(img.width * s)), max(64, round(img.height * s))
+                arr = np.asarray(img.resize((w, h), Image.BICUBIC), dtype=np.uint8)
+                self.pyramid.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+        self.rng = random.Random(seed)
+
+    def batch(self, n: int, crop: int) -> torch.Tensor:
+        out = []
+        for _ in range(n):
+            img = self.pyramid[self.rng.randrange(len(self.pyramid))]
+            _, h, w = img.shape
+            c = min(crop, h, w)
+            y, x = self.rng.randrange(h - c + 1), self.rng.randrange(w - c + 1)
+            t = img[:, y : y + c, x : x + c]
+            if self.rng.random() < 0.5:
+                t = t.flip(-1)
+            if c != crop:
+                t = F.interpolate(t[None].float(), size=(crop, crop), mode="bilinear")[0]
+            out.append(t.float() / 255.0)
+        return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------- state
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _save(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _log(ckpt: Path, phase: str, record: dict) -> None:
+    with open(ckpt / f"{phase}_log.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _encode_mean(vae, x01: torch.Tensor) -> torch.Tensor:
+    return vae.encode(x01 * 2 - 1).latent_dist.mean
+
+
+# ---------------------------------------------------------------------------------- phases
+def train(cfg: BackboneTrainConfig) -> Path:
+    """Run (or resume) one phase; returns the checkpoint path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ckpt = Path(cfg.ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    dev = _device(cfg.device)
+    from .data import training_photos_dir
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
+    sampler = CropSampler(data_dir, seed=cfg.seed)
+    comps = build_components(EGC_TINY_CONFIG, seed=cfg.seed)
+    vae = comps.vae.to(dev)
+    path = ckpt / f"{cfg.phase}.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    start = time.time()
+
+    if cfg.phase in ("vae", "decoder"):
+        if cfg.phase == "decoder" and state is None:
+            base = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)
+            vae.load_state_dict(base["vae"])
+        elif state is not None:
+            vae.load_state_dict(state["vae"])
+        if cfg.phase == "decoder":
+            for m in (vae.encoder, vae.quant_conv):
+                m.requires_grad_(False)
+        params = [p for p in vae.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        step = 0
+        if state is not None:
+            opt.load_state_dict(state["opt"])
+            step = state["step"]
+            sampler.rng.setstate(state["rng"])
+        bar = progress(range(step, cfg.steps), desc=f"egc-tiny {cfg.phase}", total=cfg.steps - step)
+        acc = 0.0
+        for step in bar:
+            x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
+            if cfg.phase == "decoder":
+                with torch.no_grad():
+                    post = vae.encode(x * 2 - 1).latent_dist
+                z = post.sample()
+                kl = torch.zeros((), device=dev)
+            else:
+                post = vae.encode(x * 2 - 1).latent_dist
+                z = post.sample()
+                kl = post.kl().mean()
+            xr = (vae.decode(z).sample + 1) / 2
+            mse = F.mse_loss(xr, x)
+            loss = F.l1_loss(xr, x) + mse + cfg.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            acc += mse.item()
+            done = step + 1
+            if done % cfg.log_every == 0:
+                rec = {"step": done, "mse": acc / cfg.log_every, "psnr": -10 * math.log10(acc / cfg.log_every),
+                       "kl": kl.item(), "minutes": (time.time() - start) / 60}
+                _log(ckpt, cfg.phase, rec)
+                acc = 0.0
+            timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
+            if done % cfg.save_every == 0 or done == cfg.steps or timeout:
+                _save(path, {"vae": vae.state_dict(), "opt": opt.state_dict(), "step": done,
+                             "rng": sampler.rng.getstate(), "config": asdict(cfg)})
+            if timeout:
+                break
+        return path
+
+    if cfg.phase == "unet":
+        base = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)
+        vae.load_state_dict(base["vae"])
+        vae.requires_grad_(False).eval()
+        unet = comps.unet.to(dev)
+        encoder = ImageTokenEncoder(EGC_TINY_CONFIG).to(dev)
+        null_cond = torch.nn.Parameter(comps.null_cond.to(dev))
+        scheduler = comps.scheduler
+        alphas = scheduler.alphas_cumprod.to(dev)
+        params = list(unet.parameters()) + list(encoder.parameters()) + [null_cond]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        step = 0
+        latent_scale = None
+        if state is not None:
+            unet.load_state_dict(state["unet"])
+            encoder.load_state_dict(state["encoder"])
+            null_cond.data.copy_(state["null_cond"])
+            opt.load_state_dict(state["opt"])
+            step = state["step"]
+            latent_scale = state["latent_scale"]
+            sampler.rng.setstate(state["rng"])
+        ema = copy.deepcopy(unet).requires_grad_(False)
+        if state is not None:
+            ema.load_state_dict(state["ema"])
+        if latent_scale is None:  # 1 / std of latents, as SD's scaling_factor
+            with torch.no_grad():
+                zs = torch.cat([_encode_mean(vae, sampler.batch(8, 256).to(dev)) for _ in range(8)])
+            latent_scale = float(1.0 / zs.std())
+        bar = progress(range(step, cfg.steps), desc="egc-tiny unet", total=cfg.steps - step)
+        acc = 0.0
+        for step in bar:
+            x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
+            with torch.no_grad():
+                z0 = _encode_mean(vae, x) * latent_scale
+            cond = encoder(z0)
+            drop = torch.rand(z0.shape[0], 1, 1, device=dev) < cfg.p_uncond
+            cond = torch.where(drop, null_cond.expand_as(cond), cond)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=dev)
+            eps = torch.randn_like(z0)
+            a = alphas[t].view(-1, 1, 1, 1)
+            zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+            pred = unet(zt, t, encoder_hidden_states=cond).sample
+            loss = F.mse_loss(pred, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            with torch.no_grad():
+                d = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for pe, p in zip(ema.parameters(), unet.parameters()):
+                    pe.lerp_(p, 1 - d)
+            acc += loss.item()
+            done = step + 1
+            if done % cfg.log_every == 0:
+                _log(ckpt, "unet", {"step": done, "loss": acc / cfg.log_every, "minutes": (time.time() - start) / 60})
+                acc = 0.0
+            timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
+            if done % cfg.save_every == 0 or done == cfg.steps or timeout:
+                _save(path, {"unet": unet.state_dict(), "ema": ema.state_dict(), "encoder": encoder.state_dict(),
+                             "null_cond": null_cond.detach().cpu(), "opt": opt.state_dict(), "step": done,
+                             "latent_scale": latent_scale, "rng": sampler.rng.getstate(), "config": asdict(cfg)})
+            if timeout:
+                break
+        return path
+    raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")
