@@ -8,8 +8,8 @@ product of alphas, one deterministic DDIM step (:math:`\\eta = 0`, Song et al. e
     z_{t'} = \\sqrt{\\bar\\alpha_{t'}}\\,\\hat z_0 + \\sqrt{1-\\bar\\alpha_{t'}}\\,\\hat\\epsilon,
 
 where classifier-free guidance forms :math:`\\hat\\epsilon = \\epsilon_u + s_f(\\epsilon_c - \\epsilon_u)`
-from the unconditional and conditional predictions. A ``guidance`` hook may then correct
-:math:`\\hat\\epsilon` (codec A's compression guidance does). The initial noise comes from a CPU
+from the unconditional and conditional predictions. A ``guidance`` hook may add a correction
+to :math:`z_{t'}` (codec A's compression guidance subtracts :math:`s_c\\nabla_{z_t}\\mathcal{L}`). The initial noise comes from a CPU
 generator seeded by ``seed``, so a seed gives the same start on every device.
 """
 
@@ -31,8 +31,23 @@ class Denoiser(Protocol):
     def __call__(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
 
 
-#: ``guidance(z_t, t, eps, step_index) -> eps`` corrects the guided noise prediction.
-GuidanceHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+@dataclass
+class StepState:
+    """What a guidance hook sees at one DDIM step."""
+
+    z_t: torch.Tensor
+    t: int
+    index: int  # 0 = first (noisiest) step
+    eps: torch.Tensor  # guided noise prediction (no gradient)
+    a_t: float  # \\bar\\alpha_t
+    a_prev: float  # \\bar\\alpha_{t'}
+    cond: torch.Tensor
+    null: torch.Tensor
+    guidance_scale: float
+
+
+#: ``guidance(state) -> correction`` is added to :math:`z_{t'}` (``None``: no correction this step).
+GuidanceHook = Callable[[StepState], "torch.Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -131,9 +146,12 @@ def ddim_sample(
                 eps = eps_u + config.guidance_scale * (eps_c - eps_u)
             else:
                 eps = denoiser(z, tt, cond)
-        if guidance is not None:
-            eps = guidance(z, tt, eps, i)
         a_t, a_prev = alpha_bar(backbone, t), alpha_bar(backbone, t_prev)
+        correction = None
+        if guidance is not None:
+            correction = guidance(StepState(z, t, i, eps, a_t, a_prev, cond, null, config.guidance_scale))
         z0 = predict_z0(z, eps, a_t)
         z = a_prev**0.5 * z0 + (1 - a_prev) ** 0.5 * eps
+        if correction is not None:
+            z = z + correction
     return z

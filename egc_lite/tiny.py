@@ -171,3 +171,41 @@ def build_components(cfg: TinyBackboneConfig, seed: int = 0) -> TinyComponents:
     finally:
         torch.random.set_rng_state(gen_state)
     return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(), null_cond=null_cond, config=cfg)
+
+
+def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_CONFIG, max_length: int = 8):
+    """Write a tiny random model in the Stable Diffusion folder layout (``vae/``, ``unet/``,
+    ``scheduler/``, ``text_encoder/``, ``tokenizer/``), as diffusers' tests do, so the SD loading
+    path (null embedding from the text encoder included) runs offline. Returns the folder."""
+    import json
+    from pathlib import Path
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    comps = build_components(cfg, seed=seed)
+    comps.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    comps.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    comps.scheduler.save_pretrained(folder / "scheduler")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    raw = folder / "_vocab"
+    raw.mkdir(exist_ok=True)
+    (raw / "vocab.json").write_text(json.dumps(vocab))
+    (raw / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(vocab_file=str(raw / "vocab.json"), merges_file=str(raw / "merges.txt"), model_max_length=max_length,
+                        bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.save_pretrained(folder / "tokenizer")
+    for p in raw.iterdir():
+        p.unlink()
+    raw.rmdir()
+    torch.manual_seed(seed)
+    text_cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=cfg.cond_dim, intermediate_size=2 * cfg.cond_dim,
+                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_length,
+                              bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    CLIPTextModel(text_cfg).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"}))
+    return folder

@@ -7,8 +7,9 @@ from ..bitstream import Bitstream
 from ..errors import ParameterError
 from .base import Codec, CompressOptions
 from .guide_codec import GuideCodec
+from .textinv import TextInvCodec, TextInvConfig
 
-CODECS: dict[str, type[Codec]] = {"guide": GuideCodec}
+CODECS: dict[str, type[Codec]] = {"guide": GuideCodec, "textinv": TextInvCodec}
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -30,4 +31,4 @@ def decompress(bs: Bitstream, backbone: Backbone | None = None, sample: int = 0)
     return make_codec(bs.codec, backbone).decompress(bs, sample=sample)
 
 
-__all__ = ["CODECS", "Codec", "CompressOptions", "GuideCodec", "codec_class", "make_codec", "decompress"]
+__all__ = ["CODECS", "Codec", "CompressOptions", "GuideCodec", "TextInvCodec", "TextInvConfig", "codec_class", "make_codec", "decompress"]

@@ -21,6 +21,31 @@ from .base import Codec, CompressOptions
 SEARCH_FACTORS = (2, 4, 8, 16)
 
 
+def best_guide(x: torch.Tensor, budget_bpp: float, factors: tuple[int, ...] = SEARCH_FACTORS,
+               codec: str = "webp") -> tuple[GuideConfig, bytes]:
+    """The guide of ``x`` with the best PSNR (after upsampling) among ``factors`` whose bytes fit
+    ``budget_bpp`` of the image area; if none fits, the smallest guide that can be made."""
+    h, w = x.shape[1:]
+    best: tuple[float, GuideConfig, bytes] | None = None
+    smallest: tuple[GuideConfig, bytes] | None = None
+    for f in factors:
+        if min(guide_size(h, w, f)) < 2 and f != factors[0]:
+            continue
+        q, data = guide_quality_for_bpp(x, max(budget_bpp, 1e-9), f, codec)
+        cfg = GuideConfig(f, codec, q)
+        if smallest is None or len(data) < len(smallest[1]):
+            smallest = (cfg, data)
+        if 8 * len(data) / (h * w) > budget_bpp:
+            continue
+        score = psnr(decode_guide(data, (h, w), f)[1], x)
+        if best is None or score > best[0]:
+            best = (score, cfg, data)
+    if best is None:
+        assert smallest is not None
+        return smallest
+    return best[1], best[2]
+
+
 class GuideCodec(Codec):
     """Downsample by ``factor``, code with WebP/AVIF/JPEG, upsample bicubically."""
 
@@ -44,26 +69,9 @@ class GuideCodec(Codec):
             cfg = self.config if options.quality is None else GuideConfig(self.config.factor, self.config.codec, options.quality)
             return self._stream(x, cfg, encode_guide(x, cfg))
         h, w = x.shape[1:]
-        header = len(encode_bitstream(self._stream(x, self.config, b"")))
-        budget_bpp = options.bpp - 8 * header / (h * w)
-        best: tuple[float, Bitstream] | None = None
-        smallest: Bitstream | None = None
-        for f in SEARCH_FACTORS:
-            if min(guide_size(h, w, f)) < 2 and f != SEARCH_FACTORS[0]:
-                continue
-            q, data = guide_quality_for_bpp(x, max(budget_bpp, 1e-9), f, self.config.codec)
-            bs = self._stream(x, GuideConfig(f, self.config.codec, q), data)
-            if smallest is None or len(data) < len(smallest.sections["guide"]):
-                smallest = bs
-            if bs.bpp() > options.bpp:
-                continue
-            score = psnr(self.decompress(bs), x)
-            if best is None or score > best[0]:
-                best = (score, bs)
-        if best is None:  # nothing fits: the smallest file we can make, the caller reports its rate
-            assert smallest is not None
-            return smallest
-        return best[1]
+        header_bits = 8 * len(encode_bitstream(self._stream(x, self.config, b"")))
+        cfg, data = best_guide(x, options.bpp - header_bits / (h * w), SEARCH_FACTORS, self.config.codec)
+        return self._stream(x, cfg, data)
 
     def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:
         self.check_stream(bs)

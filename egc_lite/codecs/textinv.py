@@ -1,0 +1,187 @@
+"""Codec A: the text-embedding codec (Pan, Zhou, Tian) with compression guidance.
+
+Encoder: textual inversion of a per-image embedding with a rate term
+(:mod:`egc_lite.textual_inversion`), its symbols entropy-coded under the backbone's fixed
+prior, plus a guide image ``x_g`` (:mod:`egc_lite.guide`). Decoder: seeded DDIM from noise with
+classifier-free guidance (scale :math:`s_f`) and compression guidance (scale :math:`s_c`,
+:mod:`egc_lite.guidance`), then the VAE decoder.
+
+Rate control: the file is ``header + embedding + guide``. Given a target, the embedding's
+quantization step :math:`\\Delta` is the finest on a ladder whose symbols fit ``embedding_share``
+of the budget, and the guide (factor and quality) takes what is left with the best PSNR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import torch
+from compressai.entropy_models import GaussianConditional
+
+from ..bitstream import Bitstream, encode_bitstream
+from ..data import crop_to, pad_to_multiple
+from ..entropy import compress_gaussian, decompress_gaussian, update_tables
+from ..errors import BitstreamError, ParameterError
+from ..guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance
+from ..guide import decode_guide
+from ..sampling import SamplerConfig, ddim_sample, unet_denoiser
+from ..textual_inversion import (
+    EmbeddingPrior,
+    InversionConfig,
+    dequantize_embedding,
+    invert_embedding,
+    quantize_embedding,
+)
+from .base import Codec, CompressOptions
+from .guide_codec import best_guide
+
+#: ``--quality N`` of this codec means a target rate (bpp).
+QUALITY_BPP = {1: 0.03, 2: 0.05, 3: 0.07, 4: 0.1, 5: 0.15}
+#: Multiples of the base quantization step tried by rate control.
+STEP_LADDER = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+
+
+@dataclass(frozen=True)
+class TextInvConfig:
+    """Everything codec A needs besides the image; the decoding part goes into the header."""
+
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=50, guidance_scale=3.0))
+    guidance: CompressionGuidanceConfig = field(default_factory=CompressionGuidanceConfig)
+    guide_codec: str = "webp"
+    guide_factors: tuple[int, ...] = (4, 8, 16)
+    embedding_share: float = 0.15
+    default_bpp: float = 0.07
+
+
+def _multiple(backbone) -> int:
+    """Image sizes must be multiples of this (VAE factor x the UNet's downsampling)."""
+    return backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+
+
+class TextInvCodec(Codec):
+    """The text-embedding codec (see the module docstring)."""
+
+    name: ClassVar[str] = "textinv"
+
+    def __init__(self, backbone=None, config: TextInvConfig | None = None) -> None:
+        super().__init__(backbone)
+        self.config = config or TextInvConfig()
+        self.prior = EmbeddingPrior.for_backbone(self.backbone)
+        self._conditional = GaussianConditional(None)
+        update_tables(self._conditional)
+
+    # ------------------------------------------------------------------ pieces
+    def _config_for(self, options: CompressOptions) -> TextInvConfig:
+        cfg = self.config
+        s = cfg.sampler
+        s = replace(s, seed=options.seed, steps=options.steps or s.steps,
+                    guidance_scale=s.guidance_scale if options.guidance_scale is None else options.guidance_scale)
+        s.validate()
+        g = cfg.guidance if options.compression_guidance is None else replace(cfg.guidance, scale=options.compression_guidance)
+        g.validate()
+        return replace(cfg, sampler=s, guidance=g)
+
+    def _target_bpp(self, options: CompressOptions) -> float:
+        if options.bpp is not None and options.quality is not None:
+            raise ParameterError("give either --bpp or --quality, not both")
+        if options.quality is not None:
+            if options.quality not in QUALITY_BPP:
+                raise ParameterError(f"--quality for textinv must be one of {sorted(QUALITY_BPP)}, got {options.quality}")
+            return QUALITY_BPP[options.quality]
+        return options.bpp if options.bpp is not None else self.config.default_bpp
+
+    def encode_embedding(self, symbols: torch.Tensor, step_size: float) -> bytes:
+        """Range-code the symbols (1, n, d) under the prior (CPU, float32)."""
+        scales = self.prior.symbol_scales(tuple(symbols.shape), step_size)
+        return compress_gaussian(self._conditional, symbols.permute(0, 2, 1)[..., None], scales.permute(0, 2, 1)[..., None])
+
+    def decode_embedding(self, data: bytes, n: int, step_size: float) -> torch.Tensor:
+        scales = self.prior.symbol_scales((1, n, self.backbone.cond_dim), step_size)
+        sym = decompress_gaussian(self._conditional, data, scales.permute(0, 2, 1)[..., None])
+        return sym[..., 0].permute(0, 2, 1)
+
+    def _stream(self, h: int, w: int, cfg: TextInvConfig, step: float, n_tok: int, factor: int, emb: bytes, guide: bytes) -> Bitstream:
+        s, g = cfg.sampler, cfg.guidance
+        params = {"seed": s.seed, "steps": s.steps, "sf": float(s.guidance_scale), "sc": float(g.scale),
+                  "gmode": g.mode, "gevery": g.every, "guntil": float(g.until), "delta": float(step),
+                  "tok0": cfg.inversion.token_start, "ntok": n_tok, "factor": factor}
+        return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
+                         sections={"emb": emb, "guide": guide})
+
+    def invert(self, x: torch.Tensor, cfg: TextInvConfig | None = None):
+        """Textual inversion of image ``x`` (3, H, W); returns the :class:`InversionResult`."""
+        cfg = cfg or self.config
+        xp, _ = pad_to_multiple(x[None], _multiple(self.backbone))
+        with torch.no_grad():
+            z0 = self.backbone.encode(xp.to(self.backbone.device))
+        return invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
+
+    # ------------------------------------------------------------------ codec
+    def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
+        x = self.check_image(x, min_side=8)
+        cfg = self._config_for(options)
+        cfg = replace(cfg, inversion=replace(cfg.inversion, seed=options.seed))
+        target = self._target_bpp(options)
+        h, w = x.shape[1:]
+        budget_bytes = target * h * w / 8
+        inv = self.invert(x, cfg)
+        base = cfg.inversion.step_size
+        n_tok = cfg.inversion.token_slice(self.backbone).stop - cfg.inversion.token_start
+        # finest step whose symbols fit the embedding's share of the budget
+        chosen = None
+        for mult in STEP_LADDER:
+            step = base * mult
+            data = self.encode_embedding(quantize_embedding(self.backbone, inv.embedding, cfg.inversion, step), step)
+            chosen = (step, data)
+            if len(data) <= cfg.embedding_share * budget_bytes:
+                break
+        step, emb = chosen
+        header = len(encode_bitstream(self._stream(h, w, cfg, step, n_tok, 8, emb, b"")))
+        guide_budget_bpp = 8 * (budget_bytes - header) / (h * w)
+        gcfg, guide = best_guide(x, guide_budget_bpp, cfg.guide_factors, cfg.guide_codec)
+        return self._stream(h, w, cfg, step, n_tok, gcfg.factor, emb, guide)
+
+    def decode_parameters(self, bs: Bitstream) -> tuple[TextInvConfig, float, int, int]:
+        """The decoding configuration stored in a file: (config, Delta, n tokens, guide factor)."""
+        self.check_stream(bs)
+        p = lambda k, t: self.param(bs, k, t)  # noqa: E731
+        mode = p("gmode", str)
+        if mode not in GUIDANCE_MODES:
+            raise BitstreamError(f"unknown guidance mode {mode!r} in the header")
+        try:
+            sampler = SamplerConfig(steps=p("steps", int), guidance_scale=p("sf", float), seed=p("seed", int))
+            sampler.validate()
+            guidance = CompressionGuidanceConfig(scale=p("sc", float), mode=mode, every=p("gevery", int), until=p("guntil", float))
+            guidance.validate()
+            inversion = replace(self.config.inversion, token_start=p("tok0", int), n_tokens=p("ntok", int))
+            inversion.token_slice(self.backbone)
+        except ParameterError as exc:
+            raise BitstreamError(f"bad decoding parameters in the header: {exc}") from None
+        delta, factor = p("delta", float), p("factor", int)
+        if not 0 < delta < 1e6 or not 1 <= factor <= 64:
+            raise BitstreamError("bad quantization step or guide factor in the header")
+        return replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion), delta, p("ntok", int), factor
+
+    def decompress(self, bs: Bitstream, sample: int = 0, guidance: CompressionGuidanceConfig | None = None,
+                   guidance_scale: float | None = None) -> torch.Tensor:
+        """Decode; ``sample`` shifts the seed (diversity); ``guidance``/``guidance_scale`` override the
+        file's :math:`s_c` schedule and :math:`s_f` (for sweeps and ablations)."""
+        cfg, delta, n_tok, factor = self.decode_parameters(bs)
+        b = self.backbone
+        symbols = self.decode_embedding(self.section(bs, "emb"), n_tok, delta)
+        cond = dequantize_embedding(b, symbols, cfg.inversion.token_start, delta)
+        guide_small, _ = decode_guide(self.section(bs, "guide"), (bs.height, bs.width), factor)
+        m = _multiple(b)
+        hp, wp = -(-bs.height // m) * m, -(-bs.width // m) * m
+        sampler = replace(cfg.sampler, seed=cfg.sampler.seed + sample)
+        if guidance_scale is not None:
+            sampler = replace(sampler, guidance_scale=guidance_scale)
+        gcfg = guidance or cfg.guidance
+        denoiser = unet_denoiser(b)
+        hook = compression_guidance(b, guide_small, (bs.height, bs.width), factor, gcfg, sampler.steps, denoiser)
+        z0 = ddim_sample(b, cond, (hp // b.vae_factor, wp // b.vae_factor), sampler, denoiser, hook if gcfg.scale > 0 else None)
+        with torch.no_grad():
+            x = b.decode(z0)
+        return crop_to(x, (bs.height, bs.width))[0].clamp(0, 1).cpu()

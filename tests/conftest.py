@@ -1,0 +1,50 @@
+"""Shared fixtures: offline, no progress bars, tiny seeded models, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("EGC_PROGRESS", "0")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if "EGC_DATA" not in os.environ and (SHARED_DATA / "kodak").is_dir():
+    os.environ["EGC_DATA"] = str(SHARED_DATA)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def kodak_available() -> bool:
+    data = os.environ.get("EGC_DATA")
+    return bool(data) and (Path(data) / "kodak" / "kodim01.png").exists()
+
+
+requires_kodak = pytest.mark.skipif(not kodak_available(), reason="Kodak not found: set EGC_DATA to a folder holding kodak/")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """A seeded random backbone of SD's classes (shared; tests must not modify it)."""
+    from egc_lite.backbone import tiny_random_backbone
+
+    return tiny_random_backbone(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sd_folder(tmp_path_factory):
+    """A tiny random model saved in Stable Diffusion's folder layout, text encoder included."""
+    from egc_lite.tiny import write_tiny_sd_folder
+
+    return write_tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd") / "sd", seed=3)
+
+
+@pytest.fixture
+def smooth_image():
+    """A deterministic smooth RGB test image (3, 64, 96) in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(1, 3, 4, 6, generator=g)
+    return torch.nn.functional.interpolate(small, size=(64, 96), mode="bicubic", align_corners=False)[0].clamp(0, 1)

@@ -1,0 +1,72 @@
+"""Backbone loading: tiny random models, the SD folder layout, errors for missing weights."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from egc_lite.backbone import load_backbone, save_backbone, tiny_random_backbone
+from egc_lite.errors import ModelNotFoundError, ParameterError
+
+
+def test_tiny_random_is_seeded_and_shaped(tiny_backbone):
+    other = tiny_random_backbone(seed=0)
+    for a, b in zip(tiny_backbone.unet.parameters(), other.unet.parameters()):
+        assert torch.equal(a, b)
+    assert tiny_random_backbone(seed=1).backbone_id != tiny_backbone.backbone_id
+    assert tiny_backbone.vae_factor == 8 and tiny_backbone.latent_channels == 4
+    z = tiny_backbone.encode(torch.rand(1, 3, 64, 32))
+    assert z.shape == (1, 4, 8, 4)
+    assert tiny_backbone.decode(z).shape == (1, 3, 64, 32)
+
+
+def test_sd_layout_folder_loads_with_text_encoder(sd_folder):
+    b = load_backbone(str(sd_folder), device="cpu")
+    assert b.null_cond.shape == (1, 8, 16)  # max_length tokens x hidden size from the text encoder
+    assert b.backbone_id.startswith("sd:")
+    again = load_backbone(str(sd_folder), device="cpu")
+    assert again.backbone_id == b.backbone_id
+    assert torch.equal(again.null_cond, b.null_cond)
+
+
+def test_save_and_reload_round_trip(tmp_path, tiny_backbone):
+    folder = save_backbone(tiny_backbone, tmp_path / "bb")
+    b = load_backbone(str(folder), device="cpu")
+    assert torch.equal(b.null_cond, tiny_backbone.null_cond)
+    x = torch.rand(1, 4, 8, 8)
+    t = torch.tensor([10])
+    with torch.no_grad():
+        assert torch.allclose(b.unet(x, t, tiny_backbone.null_cond).sample, tiny_backbone.unet(x, t, tiny_backbone.null_cond).sample)
+
+
+def test_missing_folder_and_hub_fail_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache"):
+        load_backbone("stabilityai/stable-diffusion-2-1-base", device="cpu")
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ModelNotFoundError, match="missing vae/"):
+        load_backbone(str(tmp_path), device="cpu")
+    with pytest.raises(ModelNotFoundError, match="unknown backbone"):
+        load_backbone("./nowhere", device="cpu")
+
+
+def test_egc_tiny_missing_weights_message(monkeypatch, tmp_path):
+    import egc_lite.backbone as bb
+
+    monkeypatch.setattr(bb, "EGC_TINY_DIR", tmp_path / "absent")
+    with pytest.raises(ModelNotFoundError, match="looked in"):
+        load_backbone("egc-tiny", device="cpu")
+
+
+def test_device_errors():
+    with pytest.raises(ParameterError, match="float16"):
+        tiny_random_backbone(device="cpu", dtype=torch.float16)
+    if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="no CUDA"):
+            load_backbone("tiny-random", device="cuda")
+    with pytest.raises(ParameterError):
+        load_backbone("tiny-random:x", device="cpu")
