@@ -115,10 +115,16 @@ def _folder_id(name: str, folder: Path, full: bool) -> str:
     return f"{name}:{_hash_files(files, full)}"
 
 
+def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move a module, casting only when its dtype differs (diffusers warns on needless casts)."""
+    module = module.to(device)
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+
+
 def _finish(name: str, backbone_id: str, vae, unet, scheduler, null_cond, device, dtype, path=None) -> Backbone:
     vae_dtype = torch.float32 if (dtype != torch.float32 and getattr(vae.config, "force_upcast", False)) else dtype
-    vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
-    unet = unet.to(device, dtype).eval().requires_grad_(False)
+    vae = _to(vae, device, vae_dtype).eval().requires_grad_(False)
+    unet = _to(unet, device, dtype).eval().requires_grad_(False)
     scale = float(getattr(vae.config, "scaling_factor", 1.0))
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)

@@ -30,8 +30,8 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,21 +42,21 @@ from torch import Tensor
 from .errors import EGCError, ImageError, ParameterError
 
 __all__ = [
-    "MAX_PIXELS",
     "IMAGE_SUFFIXES",
-    "KODAK_URL",
     "KODAK_COUNT",
-    "load_image",
-    "pil_to_tensor",
-    "tensor_to_pil",
-    "save_image",
-    "pad_to_multiple",
+    "KODAK_URL",
+    "MAX_PIXELS",
     "crop_to",
     "kodak_dir",
     "kodak_paths",
-    "load_kodak",
-    "training_photos_dir",
     "list_images",
+    "load_image",
+    "load_kodak",
+    "pad_to_multiple",
+    "pil_to_tensor",
+    "save_image",
+    "tensor_to_pil",
+    "training_photos_dir",
 ]
 
 #: Largest image (width * height) :func:`load_image` accepts.
@@ -105,9 +105,7 @@ def load_image(path: str | os.PathLike) -> Tensor:
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(
-            f"{p} has too many pixels (limit {limit:,}): downscale it before compressing ({exc})"
-        ) from exc
+        raise ImageError(f"{p} has too many pixels (limit {limit:,}): downscale it before compressing ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"{p} is not an image file Pillow can read (PNG, JPEG, WebP, BMP, TIFF, ...): "
@@ -172,7 +170,7 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
         return np.asarray(img, dtype=np.float32) / 255.0
     if mode == "L":
         return _gray_to_rgb(np.asarray(img, dtype=np.float32) / 255.0)
-    if mode.startswith("I;16") or mode == "I" or mode.startswith("I;32") or mode.startswith("I;"):
+    if mode == "I" or mode.startswith("I;"):  # I;16, I;16B, I;16L, I;16N, ...
         a = np.asarray(img).astype(np.float64)
         return _gray_to_rgb(np.clip(a / 65535.0, 0.0, 1.0).astype(np.float32))
     if mode == "F":
@@ -301,7 +299,7 @@ def _check_kodak_indices(indices: Sequence[int]) -> list[int]:
 
 def _download(url: str, dest: Path) -> None:
     """Fetch ``url`` into ``dest`` atomically (a temporary file in the same folder, then rename)."""
-    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:  # noqa: S310 (fixed https URL)
+    with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
         data = resp.read()
     if not data.startswith(_PNG_MAGIC):
         raise OSError(f"the server did not return a PNG image ({len(data)} bytes)")

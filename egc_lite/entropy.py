@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
@@ -56,19 +56,19 @@ from torch import Tensor, nn
 from .errors import ParameterError
 
 __all__ = [
-    "MIN_CODED_SYMBOLS",
     "MAX_ABS_SYMBOL",
-    "quantize",
-    "likelihood_bits",
-    "update_tables",
-    "tables_ready",
-    "fit_table_buffers",
+    "MIN_CODED_SYMBOLS",
     "compress_factorized",
-    "decompress_factorized",
     "compress_gaussian",
+    "decompress_factorized",
     "decompress_gaussian",
     "estimate_bits_factorized",
     "estimate_bits_gaussian",
+    "fit_table_buffers",
+    "likelihood_bits",
+    "quantize",
+    "tables_ready",
+    "update_tables",
 ]
 
 #: Streams shorter than this many symbols are padded with filler symbols (see module notes).
@@ -260,6 +260,18 @@ def _filler(n: int) -> int:
     return max(0, MIN_CODED_SYMBOLS - n)
 
 
+def _filler_symbol(tables: _Tables) -> tuple[int, int]:
+    """(table index, symbol) of the most probable symbol of all tables: the cheapest filler."""
+    cdf = tables.cdf.long()
+    freq = cdf[:, 1:] - cdf[:, :-1]
+    # Only real slots count: slot j < cdf_length - 2 (the last slot is the escape to bypass coding).
+    cols = torch.arange(freq.shape[1])[None, :]
+    freq = torch.where(cols < (tables.cdf_length.long() - 2)[:, None], freq, torch.zeros_like(freq))
+    best = int(torch.argmax(freq.reshape(-1)))
+    table, slot = divmod(best, freq.shape[1])
+    return table, slot + int(tables.offset[table])
+
+
 def _check_capacity(sym: Tensor, idx: Tensor, tables: _Tables) -> None:
     """Raise ParameterError when the rANS output could overflow CompressAI's encoder buffer."""
     n = sym.numel()
@@ -296,8 +308,9 @@ def _encode(m: nn.Module, sym: Tensor, idx: Tensor, tables: _Tables) -> bytes:
     """Code int64 symbols ``sym`` with table indexes ``idx`` (1-D, same length), padding with fillers."""
     k = _filler(sym.numel())
     if k:
-        sym = torch.cat([sym, torch.zeros(k, dtype=sym.dtype)])
-        idx = torch.cat([idx, torch.zeros(k, dtype=idx.dtype)])
+        f_idx, f_sym = _filler_symbol(tables)
+        sym = torch.cat([sym, torch.full((k,), f_sym, dtype=sym.dtype)])
+        idx = torch.cat([idx, torch.full((k,), f_idx, dtype=idx.dtype)])
     _check_capacity(sym, idx, tables)
     cdf, lengths, offsets = tables.lists()
     out = m.entropy_coder.encode_with_indexes(sym.tolist(), idx.tolist(), cdf, lengths, offsets)
@@ -312,7 +325,7 @@ def _decode(m: nn.Module, data: bytes, idx: Tensor, tables: _Tables) -> Tensor:
     n = idx.numel()
     k = _filler(n)
     if k:
-        idx = torch.cat([idx, torch.zeros(k, dtype=idx.dtype)])
+        idx = torch.cat([idx, torch.full((k,), _filler_symbol(tables)[0], dtype=idx.dtype)])
     # Zero padding keeps the unchecked C++ reader inside our buffer on damaged input.
     padded = data + bytes(16 * (n + k) + 64 * len(data) + 256)
     cdf, lengths, offsets = tables.lists()

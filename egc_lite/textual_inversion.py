@@ -140,8 +140,8 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        result.losses.append(float(mse))
-        result.rates.append(float(rate))
+        result.losses.append(mse.item())
+        result.rates.append(rate.item())
     emb = null.clone()
     emb[:, sl] = null[:, sl] + delta.detach()
     result.embedding = emb

@@ -1,0 +1,106 @@
+"""Codec A end to end on tiny random backbones: files, determinism, rate control, bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from egc_lite.bitstream import Bitstream, decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
+from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
+from egc_lite.errors import BitstreamError, ParameterError
+from egc_lite.sampling import SamplerConfig
+from egc_lite.textual_inversion import InversionConfig
+
+FAST = TextInvConfig(inversion=InversionConfig(steps=3), sampler=SamplerConfig(steps=3, guidance_scale=2.0))
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_backbone):
+    return TextInvCodec(tiny_backbone, FAST)
+
+
+@pytest.fixture(scope="module")
+def image():
+    g = torch.Generator().manual_seed(1)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=g), size=(96, 128), mode="bicubic")[0].clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def stream(codec, image):
+    return codec.compress(image, CompressOptions(bpp=0.3, seed=5))
+
+
+def test_file_round_trip_is_deterministic(tmp_path, codec, stream, tiny_backbone):
+    path = tmp_path / "a.egc"
+    n = write_bitstream(path, stream)
+    assert n == len(encode_bitstream(stream))
+    bs = read_bitstream(path, expected_backbone_id=tiny_backbone.backbone_id)
+    assert bs.params["seed"] == 5
+    a, b = codec.decompress(bs), codec.decompress(bs)
+    assert a.shape == (3, 96, 128) and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, codec.decompress(bs, sample=1))
+
+
+def test_rate_control_lands_at_or_below_target(codec, image):
+    for target in (0.2, 0.4):
+        bs = codec.compress(image, CompressOptions(bpp=target))
+        assert bs.bpp() <= target * 1.1
+        assert bs.bpp() >= target * 0.5
+
+
+def test_embedding_symbols_round_trip(codec, tiny_backbone):
+    sym = torch.randint(-5, 6, (1, tiny_backbone.n_tokens, tiny_backbone.cond_dim)).float()
+    data = codec.encode_embedding(sym, 0.05)
+    assert torch.equal(codec.decode_embedding(data, tiny_backbone.n_tokens, 0.05), sym)
+
+
+def test_compression_guidance_pulls_towards_the_guide(codec, stream, image):
+    from egc_lite.guidance import CompressionGuidanceConfig
+    from egc_lite.guide import decode_guide, degrade
+
+    small, _ = decode_guide(stream.sections["guide"], (96, 128), stream.params["factor"])
+    off = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=0.0))
+    on = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=20.0))
+    f = stream.params["factor"]
+    err = lambda y: float((degrade(y[None], f)[0] - small).pow(2).mean())  # noqa: E731
+    assert err(on) < err(off)
+
+
+def test_foreign_backbone_and_bad_header(codec, stream):
+    from egc_lite.backbone import tiny_random_backbone
+
+    other = TextInvCodec(tiny_random_backbone(seed=1), FAST)
+    with pytest.raises(BitstreamError, match="backbone"):
+        other.decompress(stream)
+    bad = dataclasses.replace(stream, params={**stream.params, "gmode": "warp"})
+    with pytest.raises(BitstreamError, match="guidance mode"):
+        codec.decompress(decode_bitstream(encode_bitstream(bad)))
+    missing = dataclasses.replace(stream, sections={"guide": stream.sections["guide"]})
+    with pytest.raises(BitstreamError, match="emb"):
+        codec.decompress(missing)
+    with pytest.raises(BitstreamError, match="not a JPEG"):
+        codec.decompress(dataclasses.replace(stream, sections={**stream.sections, "guide": b"junk"}))
+
+
+def test_bad_options(codec, image):
+    with pytest.raises(ParameterError, match="either"):
+        codec.compress(image, CompressOptions(bpp=0.1, quality=2))
+    with pytest.raises(ParameterError, match="quality"):
+        codec.compress(image, CompressOptions(quality=9))
+
+
+def test_stable_diffusion_layout_path(sd_folder):
+    """The SD path: a tiny SD-layout folder with a text encoder, BOS token kept, saved and loaded from disk."""
+    from egc_lite.backbone import load_backbone
+
+    b = load_backbone(str(sd_folder), device="cpu")
+    cfg = dataclasses.replace(FAST, inversion=InversionConfig(steps=2, token_start=1, n_tokens=2))
+    codec = TextInvCodec(b, cfg)
+    x = torch.rand(3, 64, 64)
+    bs = codec.compress(x, CompressOptions(bpp=0.5))
+    assert bs.params["tok0"] == 1 and bs.params["ntok"] == 2
+    y = codec.decompress(decode_bitstream(encode_bitstream(bs), b.backbone_id))
+    assert y.shape == (3, 64, 64)
