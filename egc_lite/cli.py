@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
     c.add_argument("--start-step", type=int, default=None, help="diffeic: start from the content variables at this step")
+    c.add_argument("--inversion-steps", type=int, default=None, help="textinv: optimization steps of the embedding")
     _add_common(c)
 
     d = sub.add_parser("decompress", help="decode an egc_lite file to PNG")
@@ -102,7 +103,8 @@ def cmd_compress(args) -> int:
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
-                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step)
+                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
+                           inversion_steps=args.inversion_steps)
     codec = make_codec(args.codec, _load_backbone_for(args.codec, args))
     t0 = time.perf_counter()
     bs = codec.compress(x, opts)
@@ -171,9 +173,21 @@ def cmd_train(args) -> int:
 COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info, "demo": cmd_demo, "train": cmd_train}
 
 
+def _quiet_dependencies() -> None:
+    """Keep the terminal for egc's own messages: dependencies' deprecation notes are not the user's business."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _progress(args)
+    _quiet_dependencies()
     try:
         return COMMANDS[args.command](args)
     except EGCError as exc:

@@ -248,3 +248,37 @@ def train(cfg: BackboneTrainConfig) -> Path:
                 break
         return path
     raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")
+
+
+# ---------------------------------------------------------------------------------- export
+def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the trained phases as a diffusers folder (safetensors) that ``load_backbone`` reads.
+
+    The VAE comes from ``decoder.pt`` when that phase ran (same encoder, better decoder), else
+    from ``vae.pt``; the UNet is the EMA copy from ``unet.pt``. The conditioning encoder is kept
+    beside the weights (``token_encoder.safetensors``) for reference; the codecs do not use it.
+    """
+    from safetensors.torch import save_file
+
+    from .backbone import EGC_TINY_DIR, NULL_COND_FILE
+
+    ckpt = Path(ckpt_dir)
+    out = Path(out_dir) if out_dir else EGC_TINY_DIR
+    comps = build_components(EGC_TINY_CONFIG, seed=0)
+    vae_state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
+    unet_state = torch.load(ckpt / "unet.pt", map_location="cpu", weights_only=False)
+    comps.vae.load_state_dict(vae_state["vae"])
+    comps.vae.register_to_config(scaling_factor=float(unet_state["latent_scale"]))
+    comps.unet.load_state_dict(unet_state["ema"])
+    out.mkdir(parents=True, exist_ok=True)
+    comps.vae.save_pretrained(out / "vae", safe_serialization=True)
+    comps.unet.save_pretrained(out / "unet", safe_serialization=True)
+    comps.scheduler.save_pretrained(out / "scheduler")
+    save_file({"null_cond": unet_state["null_cond"].float().contiguous()}, out / NULL_COND_FILE)
+    encoder = ImageTokenEncoder(EGC_TINY_CONFIG)
+    encoder.load_state_dict(unet_state["encoder"])
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "token_encoder.safetensors")
+    (out / "model_index.json").write_text(json.dumps({"_class_name": "egc_lite.Backbone", "name": "egc-tiny",
+                                                       "config": EGC_TINY_CONFIG.to_dict(),
+                                                       "vae_steps": vae_state["step"], "unet_steps": unet_state["step"]}, indent=1))
+    return out

@@ -29,6 +29,7 @@ class CompressOptions:
     guidance_scale: float | None = None  # s_f (classifier-free guidance)
     compression_guidance: float | None = None  # s_c (codec A)
     start_step: int | None = None  # DiffEIC: start from the content variables at this step
+    inversion_steps: int | None = None  # textinv: optimization steps of the embedding
 
     def __post_init__(self) -> None:
         if self.bpp is not None and not 0 < self.bpp <= 24:

@@ -69,7 +69,8 @@ class GuideCodec(Codec):
             cfg = self.config if options.quality is None else GuideConfig(self.config.factor, self.config.codec, options.quality)
             return self._stream(x, cfg, encode_guide(x, cfg))
         h, w = x.shape[1:]
-        header_bits = 8 * len(encode_bitstream(self._stream(x, self.config, b"")))
+        budget = int(options.bpp * h * w / 8)
+        header_bits = 8 * (len(encode_bitstream(self._stream(x, self.config, bytes(budget)))) - budget)
         cfg, data = best_guide(x, options.bpp - header_bits / (h * w), SEARCH_FACTORS, self.config.codec)
         return self._stream(x, cfg, data)
 

@@ -122,7 +122,10 @@ class TextInvCodec(Codec):
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
         x = self.check_image(x, min_side=8)
         cfg = self._config_for(options)
-        cfg = replace(cfg, inversion=replace(cfg.inversion, seed=options.seed))
+        inv = replace(cfg.inversion, seed=options.seed)
+        if options.inversion_steps is not None:
+            inv = replace(inv, steps=options.inversion_steps)
+        cfg = replace(cfg, inversion=inv)
         target = self._target_bpp(options)
         h, w = x.shape[1:]
         budget_bytes = target * h * w / 8
@@ -138,7 +141,8 @@ class TextInvCodec(Codec):
             if len(data) <= cfg.embedding_share * budget_bytes:
                 break
         step, emb = chosen
-        header = len(encode_bitstream(self._stream(h, w, cfg, step, n_tok, 8, emb, b"")))
+        room = max(int(budget_bytes) - len(emb), 0)  # header sized with a guide as long as it can be
+        header = len(encode_bitstream(self._stream(h, w, cfg, step, n_tok, 8, emb, bytes(room)))) - room
         guide_budget_bpp = 8 * (budget_bytes - header) / (h * w)
         gcfg, guide = best_guide(x, guide_budget_bpp, cfg.guide_factors, cfg.guide_codec)
         return self._stream(h, w, cfg, step, n_tok, gcfg.factor, emb, guide)
