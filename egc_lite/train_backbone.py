@@ -56,6 +56,7 @@ class BackboneTrainConfig:
     threads: int | None = None
     device: str = "auto"
     max_minutes: float | None = None
+    arch: TinyBackboneConfig = EGC_TINY_CONFIG
 
 
 # ---------------------------------------------------------------------------------- data
@@ -113,6 +114,42 @@ def _encode_mean(vae, x01: torch.Tensor) -> torch.Tensor:
     return vae.encode(x01 * 2 - 1).latent_dist.mean
 
 
+@torch.no_grad()
+def latent_bank(vae, sampler: CropSampler, path: Path, dev: torch.device) -> list[torch.Tensor]:
+    """Latents (posterior means, unscaled) of every pre-scaled photo, computed once and cached.
+
+    The encoder is frozen once phase 1 ends, so UNet training crops these instead of encoding
+    image crops at every step (a crop of the latent stands in for the latent of the crop).
+    """
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    bank = []
+    for img in progress(sampler.pyramid, desc="encoding photos"):
+        x = img[None].float().div(255).to(dev)
+        h, w = x.shape[-2:]
+        x = x[..., : h // 8 * 8, : w // 8 * 8]
+        bank.append(_encode_mean(vae, x)[0].cpu())
+    torch.save(bank, path)
+    return bank
+
+
+def latent_crops(bank: list[torch.Tensor], n: int, size: int, rng: random.Random) -> torch.Tensor:
+    """``n`` random ``size x size`` crops of the latent bank, flipped half of the time."""
+    out = []
+    for _ in range(n):
+        z = bank[rng.randrange(len(bank))]
+        _, h, w = z.shape
+        c = min(size, h, w)
+        y, x = rng.randrange(h - c + 1), rng.randrange(w - c + 1)
+        t = z[:, y : y + c, x : x + c]
+        if rng.random() < 0.5:
+            t = t.flip(-1)
+        if c != size:
+            t = F.interpolate(t[None], size=(size, size), mode="bilinear")[0]
+        out.append(t)
+    return torch.stack(out)
+
+
 # ---------------------------------------------------------------------------------- phases
 def train(cfg: BackboneTrainConfig) -> Path:
     """Run (or resume) one phase; returns the checkpoint path."""
@@ -126,7 +163,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
     data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
     sampler = CropSampler(data_dir, seed=cfg.seed)
-    comps = build_components(EGC_TINY_CONFIG, seed=cfg.seed)
+    comps = build_components(cfg.arch, seed=cfg.seed)
     vae = comps.vae.to(dev)
     path = ckpt / f"{cfg.phase}.pt"
     state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
@@ -188,7 +225,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
         vae.load_state_dict(base["vae"])
         vae.requires_grad_(False).eval()
         unet = comps.unet.to(dev)
-        encoder = ImageTokenEncoder(EGC_TINY_CONFIG).to(dev)
+        encoder = ImageTokenEncoder(cfg.arch).to(dev)
         null_cond = torch.nn.Parameter(comps.null_cond.to(dev))
         scheduler = comps.scheduler
         alphas = scheduler.alphas_cumprod.to(dev)
@@ -207,16 +244,14 @@ def train(cfg: BackboneTrainConfig) -> Path:
         ema = copy.deepcopy(unet).requires_grad_(False)
         if state is not None:
             ema.load_state_dict(state["ema"])
+        bank = latent_bank(vae, sampler, ckpt / "latents.pt", dev)
         if latent_scale is None:  # 1 / std of latents, as SD's scaling_factor
-            with torch.no_grad():
-                zs = torch.cat([_encode_mean(vae, sampler.batch(8, 256).to(dev)) for _ in range(8)])
-            latent_scale = float(1.0 / zs.std())
+            latent_scale = float(1.0 / torch.cat([z.flatten() for z in bank]).std())
+        lcrop = cfg.crop // 8
         bar = progress(range(step, cfg.steps), desc="egc-tiny unet", total=cfg.steps - step)
         acc = 0.0
         for step in bar:
-            x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
-            with torch.no_grad():
-                z0 = _encode_mean(vae, x) * latent_scale
+            z0 = latent_crops(bank, cfg.batch_size, lcrop, sampler.rng).to(dev) * latent_scale
             cond = encoder(z0)
             drop = torch.rand(z0.shape[0], 1, 1, device=dev) < cfg.p_uncond
             cond = torch.where(drop, null_cond.expand_as(cond), cond)
@@ -251,6 +286,13 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------- export
+def _arch(state: dict) -> TinyBackboneConfig:
+    arch = state.get("config", {}).get("arch")
+    if arch is None:
+        return EGC_TINY_CONFIG
+    return TinyBackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
+
+
 def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the trained phases as a diffusers folder (safetensors) that ``load_backbone`` reads.
 
@@ -264,9 +306,10 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
 
     ckpt = Path(ckpt_dir)
     out = Path(out_dir) if out_dir else EGC_TINY_DIR
-    comps = build_components(EGC_TINY_CONFIG, seed=0)
     vae_state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
     unet_state = torch.load(ckpt / "unet.pt", map_location="cpu", weights_only=False)
+    arch = _arch(unet_state)
+    comps = build_components(arch, seed=0)
     comps.vae.load_state_dict(vae_state["vae"])
     comps.vae.register_to_config(scaling_factor=float(unet_state["latent_scale"]))
     comps.unet.load_state_dict(unet_state["ema"])
@@ -275,10 +318,10 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     comps.unet.save_pretrained(out / "unet", safe_serialization=True)
     comps.scheduler.save_pretrained(out / "scheduler")
     save_file({"null_cond": unet_state["null_cond"].float().contiguous()}, out / NULL_COND_FILE)
-    encoder = ImageTokenEncoder(EGC_TINY_CONFIG)
+    encoder = ImageTokenEncoder(arch)
     encoder.load_state_dict(unet_state["encoder"])
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, out / "token_encoder.safetensors")
     (out / "model_index.json").write_text(json.dumps({"_class_name": "egc_lite.Backbone", "name": "egc-tiny",
-                                                       "config": EGC_TINY_CONFIG.to_dict(),
+                                                       "config": arch.to_dict(),
                                                        "vae_steps": vae_state["step"], "unet_steps": unet_state["step"]}, indent=1))
     return out
