@@ -22,6 +22,10 @@ Modes (the cost is a decoder pass and its gradient per guided step):
 * ``"full"``: the exact gradient, back-propagated through the UNet and the decoder;
 * ``"fast"``: the noise prediction is held constant (no UNet backward): the gradient goes
   through the decoder only;
+* ``"latent"``: the distance is measured in latent space at the guide's resolution,
+  :math:`\|p_k(\hat z_0) - p_k(z_g)\|^2` with :math:`z_g = \mathcal{E}(\mathrm{up}(\hat x_g))` encoded once
+  and :math:`p_k` block averaging by :math:`k = \max(1, f/8)` latent pixels: no decoder pass at all;
+  it relies on the VAE latent keeping local colour, so it is an approximation of the loss above;
 * ``every`` / ``until``: guide only every k-th step, and only in the first ``until`` fraction
   of the steps (the late steps only refine texture, which a small guide does not constrain).
 """
@@ -37,7 +41,7 @@ from .errors import ParameterError
 from .guide import degrade
 from .sampling import Denoiser, GuidanceHook, StepState, predict_z0
 
-GUIDANCE_MODES = ("fast", "full")
+GUIDANCE_MODES = ("fast", "full", "latent")
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,28 @@ def compression_guidance(
     if guide_small.dim() == 3:
         guide_small = guide_small[None]
 
+    target_latent = None
+    if config.mode == "latent":
+        from .guide import upsample
+
+        k = max(1, factor // backbone.vae_factor)
+        big = upsample(guide_small, size, factor=factor)
+        mult = backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+        pad_h, pad_w = (-size[0]) % mult, (-size[1]) % mult
+        big = torch.nn.functional.pad(big, (0, pad_w, 0, pad_h), mode="replicate")
+        with torch.no_grad():
+            target_latent = degrade(backbone.encode(big).float(), k)
+
     def hook(state: StepState) -> torch.Tensor | None:
         if not config.active(state.index, steps):
             return None
+        if target_latent is not None:
+            with torch.enable_grad():
+                z_t = state.z_t.detach().requires_grad_(True)
+                z0 = predict_z0(z_t, state.eps.detach(), state.a_t)
+                loss = (degrade(z0, k) - target_latent.expand(z0.shape[0], -1, -1, -1)).pow(2).sum()
+                (grad,) = torch.autograd.grad(loss, z_t)
+            return -config.scale * state.a_t**0.5 * grad.detach()
         with torch.enable_grad():
             z_t = state.z_t.detach().requires_grad_(True)
             if config.mode == "full":

@@ -17,6 +17,21 @@ def _state(backbone, z_t, index=0):
     return StepState(z_t, 500, index, eps, a, 0.9, backbone.null_cond, backbone.null_cond, 1.0)
 
 
+def test_latent_mode_pulls_the_latent_towards_the_encoded_guide(tiny_backbone):
+    torch.manual_seed(0)
+    target = degrade(torch.rand(1, 3, 64, 64), 16)
+    cfg = CompressionGuidanceConfig(scale=0.1, mode="latent")
+    hook = compression_guidance(tiny_backbone, target, (64, 64), 16, cfg, steps=10, denoiser=unet_denoiser(tiny_backbone))
+    from egc_lite.guide import upsample
+
+    with torch.no_grad():
+        goal = degrade(tiny_backbone.encode(upsample(target, (64, 64), factor=16)), 2)
+    st = _state(tiny_backbone, torch.randn(1, 4, 8, 8))
+    corr = hook(st)
+    dist = lambda z: float((degrade(predict_z0(z, st.eps, st.a_t), 2) - goal).pow(2).sum())  # noqa: E731
+    assert dist(st.z_t + corr) < dist(st.z_t)
+
+
 @pytest.mark.parametrize("mode", ["fast", "full"])
 def test_correction_descends_the_guide_loss(tiny_backbone, mode):
     torch.manual_seed(0)
