@@ -83,7 +83,9 @@ def main() -> None:
     print(f"\n{args.backbone}, Kodak images {args.images}, CPU {torch.get_num_threads()} threads")
     print(f"{'target':>6}  {'codec':15s} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} {'enc s':>6} {'dec s':>6}  missed target")
     for (target, name), rs in rows.items():
-        m = lambda key: sum(r[key] for r in rs) / len(rs)  # noqa: E731
+        def m(key: str, rs: list[dict] = rs) -> float:
+            return sum(r[key] for r in rs) / len(rs)
+
         print(f"{target:6.3f}  {name:15s} {m('bpp'):7.4f} {m('psnr'):7.2f} {m('ms_ssim'):8.4f} {m('enc'):6.1f} {m('dec'):6.1f}  "
               f"{sum(r['miss'] for r in rs)}/{len(rs)}")
 

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-minutes", type=float, default=None)
     tb.add_argument("--threads", type=int, default=None)
     tb.add_argument("--device", default="auto")
+    tp = tsub.add_parser("textinv-prior", help="fit codec A's embedding prior on training photos and save it beside the backbone")
+    tp.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    tp.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
+    tp.add_argument("--images", type=int, default=16)
+    tp.add_argument("--inversion-steps", type=int, default=150)
+    tp.add_argument("--out", default=None, help="folder to write textinv_prior.safetensors (default: the backbone's folder)")
     te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
     te.add_argument("--ckpt", default="checkpoints/egc-tiny")
     te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
@@ -161,6 +167,20 @@ def cmd_train(args) -> int:
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device)
         print(train(cfg))
+        return 0
+    if args.what == "textinv-prior":
+        from .backbone import load_backbone
+        from .data import list_images, load_image, training_photos_dir
+        from .textual_inversion import InversionConfig, fit_embedding_prior
+
+        b = load_backbone(args.backbone, device="cpu")
+        folder = Path(args.data) if args.data else training_photos_dir()
+        images = [load_image(p) for p in list_images(folder)[: args.images]]
+        prior = fit_embedding_prior(b, images, InversionConfig(steps=args.inversion_steps, lmbda=0.0))
+        out = Path(args.out) if args.out else b.path
+        if out is None:
+            raise EGCError("this backbone has no folder: give --out")
+        print(prior.save(out), f"sigma mean {float(prior.sigma.mean()):.4f}")
         return 0
     if args.what == "export":
         from .train_backbone import export_backbone

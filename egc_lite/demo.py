@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .baselines import compress_at_bpp, classic_available
+from .baselines import classic_available, compress_at_bpp
 from .bitstream import read_bitstream, write_bitstream
 from .codecs import CompressOptions, make_codec
 from .data import load_kodak, pil_to_tensor, tensor_to_pil

@@ -23,8 +23,8 @@ Modes (the cost is a decoder pass and its gradient per guided step):
 * ``"fast"``: the noise prediction is held constant (no UNet backward): the gradient goes
   through the decoder only;
 * ``"latent"``: the distance is measured in latent space at the guide's resolution,
-  :math:`\|p_k(\hat z_0) - p_k(z_g)\|^2` with :math:`z_g = \mathcal{E}(\mathrm{up}(\hat x_g))` encoded once
-  and :math:`p_k` block averaging by :math:`k = \max(1, f/8)` latent pixels: no decoder pass at all;
+  :math:`\\|p_k(\\hat z_0) - p_k(z_g)\\|^2` with :math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` encoded once
+  and :math:`p_k` block averaging by :math:`k = \\max(1, f/8)` latent pixels: no decoder pass at all;
   it relies on the VAE latent keeping local colour, so it is an approximation of the loss above;
 * ``every`` / ``until``: guide only every k-th step, and only in the first ``until`` fraction
   of the steps (the late steps only refine texture, which a small guide does not constrain).

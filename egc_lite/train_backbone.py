@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
@@ -93,12 +94,6 @@ class CropSampler:
 
 
 # ---------------------------------------------------------------------------------- state
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _save(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -150,139 +145,148 @@ def latent_crops(bank: list[torch.Tensor], n: int, size: int, rng: random.Random
     return torch.stack(out)
 
 
+# ---------------------------------------------------------------------------------- losses
+class ReconstructionLoss(nn.Module):
+    """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}` with a sampled latent."""
+
+    def __init__(self, vae, kl_weight: float, freeze_encoder: bool) -> None:
+        super().__init__()
+        self.vae, self.kl_weight, self.freeze_encoder = vae, kl_weight, freeze_encoder
+        if freeze_encoder:
+            for m in (vae.encoder, vae.quant_conv):
+                m.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(not self.freeze_encoder and torch.is_grad_enabled()):
+            post = self.vae.encode(x * 2 - 1).latent_dist
+        kl = post.kl().mean() if not self.freeze_encoder else torch.zeros((), device=x.device)
+        xr = (self.vae.decode(post.sample()).sample + 1) / 2
+        mse = F.mse_loss(xr, x)
+        return F.l1_loss(xr, x) + mse + self.kl_weight * kl, mse, kl
+
+
+class DenoisingLoss(nn.Module):
+    """Phase 3 objective: :math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`, ``e`` from the token encoder
+    or the null embedding (probability ``p_uncond``)."""
+
+    def __init__(self, unet, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float) -> None:
+        super().__init__()
+        self.unet, self.encoder = unet, encoder
+        self.null_cond = nn.Parameter(null_cond.clone())
+        self.register_buffer("alphas", alphas.clone())
+        self.p_uncond = p_uncond
+
+    def forward(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        cond = self.encoder(z0)
+        cond = torch.where(drop.view(-1, 1, 1), self.null_cond.expand_as(cond), cond)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        return F.mse_loss(self.unet(zt, t, encoder_hidden_states=cond).sample, eps)
+
+
 # ---------------------------------------------------------------------------------- phases
 def train(cfg: BackboneTrainConfig) -> Path:
-    """Run (or resume) one phase; returns the checkpoint path."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    ckpt = Path(cfg.ckpt_dir)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    dev = _device(cfg.device)
+    """Run (or resume) one phase; returns the checkpoint path.
+
+    Runs under Accelerate: ``accelerate launch -m egc_lite.cli train backbone ...`` trains on
+    several GPUs (each process draws its own seeded crops; gradients are averaged); a plain
+    call trains on one device. Only the main process logs and saves.
+    """
+    from accelerate import Accelerator
+
     from .data import training_photos_dir
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator(cpu=cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()))
+    dev = acc.device
+    torch.manual_seed(cfg.seed + acc.process_index)
+    ckpt = Path(cfg.ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
     data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
-    sampler = CropSampler(data_dir, seed=cfg.seed)
+    sampler = CropSampler(data_dir, seed=cfg.seed + acc.process_index)
     comps = build_components(cfg.arch, seed=cfg.seed)
-    vae = comps.vae.to(dev)
+    vae = comps.vae
     path = ckpt / f"{cfg.phase}.pt"
     state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
     start = time.time()
+    first = state["step"] if state is not None else 0
+    sampler.rng.seed(cfg.seed * 1_000_003 + acc.process_index * 7919 + first)  # resumable stream
 
     if cfg.phase in ("vae", "decoder"):
-        if cfg.phase == "decoder" and state is None:
-            base = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)
-            vae.load_state_dict(base["vae"])
-        elif state is not None:
+        if state is not None:
             vae.load_state_dict(state["vae"])
-        if cfg.phase == "decoder":
-            for m in (vae.encoder, vae.quant_conv):
-                m.requires_grad_(False)
-        params = [p for p in vae.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-        step = 0
+        elif cfg.phase == "decoder":
+            vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
+        model = ReconstructionLoss(vae, cfg.kl_weight, freeze_encoder=cfg.phase == "decoder")
+        extra: dict = {}
+    elif cfg.phase == "unet":
+        vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
+        vae.requires_grad_(False).eval().to(dev)
+        model = DenoisingLoss(comps.unet, ImageTokenEncoder(cfg.arch), comps.null_cond, comps.scheduler.alphas_cumprod, cfg.p_uncond)
         if state is not None:
-            opt.load_state_dict(state["opt"])
-            step = state["step"]
-            sampler.rng.setstate(state["rng"])
-        bar = progress(range(step, cfg.steps), desc=f"egc-tiny {cfg.phase}", total=cfg.steps - step)
-        acc = 0.0
-        for step in bar:
-            x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
-            if cfg.phase == "decoder":
-                with torch.no_grad():
-                    post = vae.encode(x * 2 - 1).latent_dist
-                z = post.sample()
-                kl = torch.zeros((), device=dev)
-            else:
-                post = vae.encode(x * 2 - 1).latent_dist
-                z = post.sample()
-                kl = post.kl().mean()
-            xr = (vae.decode(z).sample + 1) / 2
-            mse = F.mse_loss(xr, x)
-            loss = F.l1_loss(xr, x) + mse + cfg.kl_weight * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            acc += mse.item()
-            done = step + 1
-            if done % cfg.log_every == 0:
-                rec = {"step": done, "mse": acc / cfg.log_every, "psnr": -10 * math.log10(acc / cfg.log_every),
-                       "kl": kl.item(), "minutes": (time.time() - start) / 60}
-                _log(ckpt, cfg.phase, rec)
-                acc = 0.0
-            timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
-            if done % cfg.save_every == 0 or done == cfg.steps or timeout:
-                _save(path, {"vae": vae.state_dict(), "opt": opt.state_dict(), "step": done,
-                             "rng": sampler.rng.getstate(), "config": asdict(cfg)})
-            if timeout:
-                break
-        return path
-
-    if cfg.phase == "unet":
-        base = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)
-        vae.load_state_dict(base["vae"])
-        vae.requires_grad_(False).eval()
-        unet = comps.unet.to(dev)
-        encoder = ImageTokenEncoder(cfg.arch).to(dev)
-        null_cond = torch.nn.Parameter(comps.null_cond.to(dev))
-        scheduler = comps.scheduler
-        alphas = scheduler.alphas_cumprod.to(dev)
-        params = list(unet.parameters()) + list(encoder.parameters()) + [null_cond]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-        step = 0
-        latent_scale = None
-        if state is not None:
-            unet.load_state_dict(state["unet"])
-            encoder.load_state_dict(state["encoder"])
-            null_cond.data.copy_(state["null_cond"])
-            opt.load_state_dict(state["opt"])
-            step = state["step"]
-            latent_scale = state["latent_scale"]
-            sampler.rng.setstate(state["rng"])
-        ema = copy.deepcopy(unet).requires_grad_(False)
+            model.unet.load_state_dict(state["unet"])
+            model.encoder.load_state_dict(state["encoder"])
+            model.null_cond.data.copy_(state["null_cond"])
+        ema = copy.deepcopy(model.unet).requires_grad_(False).to(dev)
         if state is not None:
             ema.load_state_dict(state["ema"])
-        bank = latent_bank(vae, sampler, ckpt / "latents.pt", dev)
-        if latent_scale is None:  # 1 / std of latents, as SD's scaling_factor
-            latent_scale = float(1.0 / torch.cat([z.flatten() for z in bank]).std())
-        lcrop = cfg.crop // 8
-        bar = progress(range(step, cfg.steps), desc="egc-tiny unet", total=cfg.steps - step)
-        acc = 0.0
-        for step in bar:
-            z0 = latent_crops(bank, cfg.batch_size, lcrop, sampler.rng).to(dev) * latent_scale
-            cond = encoder(z0)
-            drop = torch.rand(z0.shape[0], 1, 1, device=dev) < cfg.p_uncond
-            cond = torch.where(drop, null_cond.expand_as(cond), cond)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=dev)
-            eps = torch.randn_like(z0)
-            a = alphas[t].view(-1, 1, 1, 1)
-            zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-            pred = unet(zt, t, encoder_hidden_states=cond).sample
-            loss = F.mse_loss(pred, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+        bank = latent_bank(vae, sampler, ckpt / "latents.pt", dev) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        bank = bank or torch.load(ckpt / "latents.pt", map_location="cpu", weights_only=False)
+        latent_scale = state["latent_scale"] if state is not None else float(1.0 / torch.cat([z.flatten() for z in bank]).std())
+        extra = {"latent_scale": latent_scale}
+    else:
+        raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+    model, opt = acc.prepare(model, opt)
+    n_train = comps.scheduler.config.num_train_timesteps
+    running = 0.0
+    for step in progress(range(first, cfg.steps), desc=f"egc-tiny {cfg.phase}", total=cfg.steps - first):
+        if cfg.phase == "unet":
+            z0 = latent_crops(bank, cfg.batch_size, cfg.crop // 8, sampler.rng).to(dev) * latent_scale
+            t = torch.randint(0, n_train, (z0.shape[0],), device=dev)
+            drop = torch.rand(z0.shape[0], device=dev) < cfg.p_uncond
+            loss = model(z0, t, torch.randn_like(z0), drop)
+            record = {"loss": loss}
+        else:
+            loss, mse, kl = model(sampler.batch(cfg.batch_size, cfg.crop).to(dev))
+            record = {"mse": mse, "kl": kl}
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
+        opt.step()
+        inner = acc.unwrap_model(model)
+        if cfg.phase == "unet":
             with torch.no_grad():
                 d = min(cfg.ema_decay, (1 + step) / (10 + step))
-                for pe, p in zip(ema.parameters(), unet.parameters()):
+                for pe, p in zip(ema.parameters(), inner.unet.parameters()):
                     pe.lerp_(p, 1 - d)
-            acc += loss.item()
-            done = step + 1
-            if done % cfg.log_every == 0:
-                _log(ckpt, "unet", {"step": done, "loss": acc / cfg.log_every, "minutes": (time.time() - start) / 60})
-                acc = 0.0
-            timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
-            if done % cfg.save_every == 0 or done == cfg.steps or timeout:
-                _save(path, {"unet": unet.state_dict(), "ema": ema.state_dict(), "encoder": encoder.state_dict(),
-                             "null_cond": null_cond.detach().cpu(), "opt": opt.state_dict(), "step": done,
-                             "latent_scale": latent_scale, "rng": sampler.rng.getstate(), "config": asdict(cfg)})
-            if timeout:
-                break
-        return path
-    raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")
+        running += float(record["loss" if cfg.phase == "unet" else "mse"])
+        done = step + 1
+        if done % cfg.log_every == 0 and acc.is_main_process:
+            mean = running / cfg.log_every
+            rec = {"step": done, "minutes": (time.time() - start) / 60}
+            rec.update({"loss": mean} if cfg.phase == "unet" else {"mse": mean, "psnr": -10 * math.log10(mean), "kl": float(record["kl"])})
+            _log(ckpt, cfg.phase, rec)
+        if done % cfg.log_every == 0:
+            running = 0.0
+        timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
+        if (done % cfg.save_every == 0 or done == cfg.steps or timeout) and acc.is_main_process:
+            blob = {"opt": opt.state_dict(), "step": done, "config": asdict(cfg), **extra}
+            if cfg.phase == "unet":
+                blob.update({"unet": inner.unet.state_dict(), "ema": ema.state_dict(), "encoder": inner.encoder.state_dict(),
+                             "null_cond": inner.null_cond.detach().cpu()})
+            else:
+                blob["vae"] = inner.vae.state_dict()
+            _save(path, blob)
+        if timeout:
+            break
+    return path
 
 
 # ---------------------------------------------------------------------------------- export

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from egc_lite.bitstream import Bitstream, decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
+from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
 from egc_lite.errors import BitstreamError, ParameterError
 from egc_lite.sampling import SamplerConfig

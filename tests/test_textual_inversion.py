@@ -65,3 +65,13 @@ def test_prior_saved_beside_backbone_is_used(tmp_path, tiny_backbone):
     prior = EmbeddingPrior.for_backbone(load_backbone(str(folder), device="cpu"))
     assert prior.fitted and torch.allclose(prior.sigma[-1], torch.tensor(0.2))
     assert not EmbeddingPrior.for_backbone(tiny_backbone).fitted
+
+
+def test_fit_prior_gives_positive_scales_per_channel(tiny_backbone):
+    from egc_lite.textual_inversion import fit_embedding_prior
+
+    g = torch.Generator().manual_seed(5)
+    images = [torch.rand(3, 40, 56, generator=g) for _ in range(2)]
+    prior = fit_embedding_prior(tiny_backbone, images, InversionConfig(steps=3, lr=0.1, lmbda=0.0))
+    assert prior.fitted and prior.sigma.shape == (tiny_backbone.cond_dim,)
+    assert (prior.sigma > 0).all()
