@@ -79,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--images", type=int, default=16)
     tp.add_argument("--inversion-steps", type=int, default=150)
     tp.add_argument("--out", default=None, help="folder to write textinv_prior.safetensors (default: the backbone's folder)")
+    td = tsub.add_parser("diffeic", help="train one DiffEIC rate point (codec B) on a frozen backbone (resumable)")
+    td.add_argument("--lmbda", type=float, required=True, help="rate weight lambda (larger = fewer bits; reference: 1..16)")
+    td.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    td.add_argument("--ckpt", default="checkpoints/diffeic", help="checkpoint folder (outside the repository)")
+    td.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
+    td.add_argument("--steps", type=int, default=20000)
+    td.add_argument("--batch-size", type=int, default=8)
+    td.add_argument("--crop", type=int, default=128, help="crop side, a multiple of 64")
+    td.add_argument("--lr", type=float, default=1e-4)
+    td.add_argument("--n", type=int, default=64, help="hyper-latent channels N")
+    td.add_argument("--m", type=int, default=96, help="latent channels M")
+    td.add_argument("--control-ratio", type=float, default=0.2, help="control module width / UNet width")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--max-minutes", type=float, default=None)
+    td.add_argument("--threads", type=int, default=None)
+    td.add_argument("--device", default="auto")
+    tdx = tsub.add_parser("diffeic-export", help="write a DiffEIC checkpoint as a loadable rate point folder")
+    tdx.add_argument("--ckpt", default="checkpoints/diffeic")
+    tdx.add_argument("--out", default=None, help="output folder")
+    tdx.add_argument("--quality", type=int, default=None, help="write to the package's weights/diffeic/q{N} instead of --out")
     te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
     te.add_argument("--ckpt", default="checkpoints/egc-tiny")
     te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
@@ -181,6 +201,30 @@ def cmd_train(args) -> int:
         if out is None:
             raise EGCError("this backbone has no folder: give --out")
         print(prior.save(out), f"sigma mean {float(prior.sigma.mean()):.4f}")
+        return 0
+    if args.what == "diffeic":
+        import torch
+
+        from .backbone import load_backbone
+        from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
+
+        b = load_backbone(args.backbone, device=args.device, dtype=torch.float32)
+        model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
+        cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
+                                 batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                                 max_minutes=args.max_minutes, threads=args.threads)
+        print(train_diffeic(cfg, b))
+        return 0
+    if args.what == "diffeic-export":
+        from .codecs.diffeic import DIFFEIC_WEIGHTS, QUALITY_LAMBDA
+        from .diffeic import export_diffeic
+        from .errors import ParameterError
+
+        if (args.out is None) == (args.quality is None):
+            raise ParameterError("give either --out FOLDER or --quality N")
+        if args.quality is not None and args.quality not in QUALITY_LAMBDA:
+            raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")
+        print(export_diffeic(args.ckpt, args.out or DIFFEIC_WEIGHTS / f"q{args.quality}"))
         return 0
     if args.what == "export":
         from .train_backbone import export_backbone

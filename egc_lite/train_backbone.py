@@ -266,7 +266,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
                 d = min(cfg.ema_decay, (1 + step) / (10 + step))
                 for pe, p in zip(ema.parameters(), inner.unet.parameters()):
                     pe.lerp_(p, 1 - d)
-        running += float(record["loss" if cfg.phase == "unet" else "mse"])
+        running += record["loss" if cfg.phase == "unet" else "mse"].item()
         done = step + 1
         if done % cfg.log_every == 0 and acc.is_main_process:
             mean = running / cfg.log_every

@@ -26,11 +26,15 @@ KERNEL_NAME = "python3"
 NOTEBOOK_PARAMETERS: dict[str, dict] = {
     # TODO: switch "backbone" to "egc-tiny" once its weights are shipped in egc_lite/weights/.
     "00_tour.ipynb": {"backbone": "tiny-random", "save_figures": False},
+    "01_textual_inversion.ipynb": {"backbone": "tiny-random", "max_side": 64, "inversion_steps": 3, "steps": 2,
+                                   "sf_values": [1, 2], "save_figures": False},
+    "02_compression_guidance.ipynb": {"backbone": "tiny-random", "max_side": 64, "inversion_steps": 3, "steps": 2,
+                                      "sc_values": [0, 4], "sf_values": [1, 2], "n_samples": 2, "save_figures": False},
 }
 
 #: Notebooks that read Kodak images (they skip when ``$EGC_DATA/kodak`` is absent, since the
 #: tests never download).
-NEEDS_KODAK = {"00_tour.ipynb"}
+NEEDS_KODAK = {"00_tour.ipynb", "01_textual_inversion.ipynb", "02_compression_guidance.ipynb"}
 
 
 def _kodak_available() -> bool:

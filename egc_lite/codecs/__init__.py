@@ -6,10 +6,11 @@ from ..backbone import Backbone
 from ..bitstream import Bitstream
 from ..errors import ParameterError
 from .base import Codec, CompressOptions
+from .diffeic import DiffEICCodec
 from .guide_codec import GuideCodec
 from .textinv import TextInvCodec, TextInvConfig
 
-CODECS: dict[str, type[Codec]] = {"guide": GuideCodec, "textinv": TextInvCodec}
+CODECS: dict[str, type[Codec]] = {"guide": GuideCodec, "textinv": TextInvCodec, "diffeic": DiffEICCodec}
 
 
 def codec_class(name: str) -> type[Codec]:
@@ -31,4 +32,4 @@ def decompress(bs: Bitstream, backbone: Backbone | None = None, sample: int = 0)
     return make_codec(bs.codec, backbone).decompress(bs, sample=sample)
 
 
-__all__ = ["CODECS", "Codec", "CompressOptions", "GuideCodec", "TextInvCodec", "TextInvConfig", "codec_class", "make_codec", "decompress"]
+__all__ = ["CODECS", "Codec", "CompressOptions", "DiffEICCodec", "GuideCodec", "TextInvCodec", "TextInvConfig", "codec_class", "make_codec", "decompress"]

@@ -1,0 +1,194 @@
+"""Codec B: DiffEIC (Li et al., arXiv:2404.18820), latent feature guidance + a frozen diffusion prior.
+
+Encoder: pad the image to a multiple of 64, :math:`z_0 = s\\,\\mathcal{E}(x)`, then the learned
+compressor (:class:`~egc_lite.diffeic.LatentCompressor`) codes ``y`` (section ``"y"``) and the
+hyper-latent (section ``"z"``). Decoder: the content variables ``c`` are decoded bit-exactly, then
+a seeded DDIM run of the frozen UNet steered by ``c`` through the control module (prompt always
+empty, :math:`s_f = 1`) gives :math:`\\hat z_0`, and the VAE decoder the image. With
+``start_step > 0`` sampling starts from ``c`` noised to that step (:math:`c \\approx z_0` by the
+space alignment loss), skipping the first steps.
+
+Rate points: ``--quality N`` loads ``egc_lite/weights/diffeic/q{N}`` (``config.json`` +
+``model.safetensors``), trained for one backbone with ``egc train diffeic --lmbda L``
+(:data:`QUALITY_LAMBDA` lists the suggested :math:`\\lambda`; 1 = lowest rate). ``--bpp T`` picks
+the highest shipped quality whose file fits ``T`` (the compressor is cheap; sampling is not run).
+A model object can be given instead (``DiffEICCodec(backbone, model=...)``): the file then stores
+quality 0, decodes only with that model, and ``--bpp`` has no other rate point to choose.
+
+Header: ``seed``, ``steps``, ``q`` (quality, 0 = a model given in code), ``start`` (start step)
+and ``model`` (a 32-bit fingerprint of the weights, so a file never decodes silently with other
+weights). Padded sizes follow from the image size in the container.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ..bitstream import Bitstream
+from ..data import MAX_PIXELS, crop_to, pad_to_multiple
+from ..diffeic import COMPRESSOR_STRIDE, DiffEICModel, load_diffeic
+from ..errors import BitstreamError, ModelNotFoundError, ParameterError
+from ..sampling import SamplerConfig, ddim_sample
+from .base import Codec, CompressOptions
+
+#: Where the shipped rate points live: ``<DIFFEIC_WEIGHTS>/q{N}``.
+DIFFEIC_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "diffeic"
+#: Suggested rate weight per quality (the reference's five points; 1 = lowest rate).
+QUALITY_LAMBDA = {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}
+DEFAULT_QUALITY = 3
+DEFAULT_STEPS = 50
+
+
+def image_multiple(backbone) -> int:
+    """Image sides are padded to a multiple of this (compressor stride and the UNet's downsampling)."""
+    unet = backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    m = COMPRESSOR_STRIDE
+    while m % unet:
+        m *= 2
+    return m
+
+
+class DiffEICCodec(Codec):
+    """The latent-feature-guidance codec (see the module docstring)."""
+
+    name: ClassVar[str] = "diffeic"
+
+    def __init__(self, backbone=None, model: DiffEICModel | None = None, weights_dir: str | Path | None = None) -> None:
+        super().__init__(backbone)
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else DIFFEIC_WEIGHTS
+        self._models: dict[int, DiffEICModel] = {}
+        self._fingerprints: dict[int, int] = {}
+        self.explicit = model is not None
+        if model is not None:
+            model.check_backbone(self.backbone)
+            self._add(0, model.to(self.backbone.device).eval())
+
+    # ------------------------------------------------------------------ models
+    def _add(self, quality: int, model: DiffEICModel) -> DiffEICModel:
+        self._models[quality] = model
+        self._fingerprints[quality] = model.fingerprint()
+        return model
+
+    def folder(self, quality: int) -> Path:
+        return self.weights_dir / f"q{quality}"
+
+    def available_qualities(self) -> list[int]:
+        """Qualities with weights in ``weights_dir`` (not checked against the backbone)."""
+        if self.explicit:
+            return [0]
+        return [q for q in QUALITY_LAMBDA if (self.folder(q) / "config.json").is_file()]
+
+    def model(self, quality: int) -> DiffEICModel:
+        """The model of rate point ``quality`` (0 = the model given in code), loaded once."""
+        if quality in self._models:
+            return self._models[quality]
+        if quality == 0:
+            raise ModelNotFoundError(
+                "this file was made with a DiffEIC model passed in code (quality 0): decode it with "
+                "DiffEICCodec(backbone, model=the same model)"
+            )
+        if quality not in QUALITY_LAMBDA:
+            raise ParameterError(f"--quality for diffeic must be one of {sorted(QUALITY_LAMBDA)}, got {quality}")
+        folder = self.folder(quality)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"no DiffEIC weights for quality {quality} in {folder}: train them with "
+                f"`egc train diffeic --lmbda {QUALITY_LAMBDA[quality]:g} --backbone {self.backbone.name} --ckpt DIR`, then "
+                f"`egc train diffeic-export --ckpt DIR --quality {quality}`"
+            )
+        return self._add(quality, load_diffeic(folder, self.backbone))
+
+    # ------------------------------------------------------------------ codec
+    def _quality(self, options: CompressOptions) -> int | None:
+        if options.bpp is not None and options.quality is not None:
+            raise ParameterError("give either --bpp or --quality, not both")
+        if self.explicit:
+            return 0
+        if options.quality is not None:
+            if options.quality not in QUALITY_LAMBDA:
+                raise ParameterError(f"--quality for diffeic must be one of {sorted(QUALITY_LAMBDA)}, got {options.quality}")
+            return options.quality
+        return None if options.bpp is not None else DEFAULT_QUALITY
+
+    def _sampler(self, options: CompressOptions) -> SamplerConfig:
+        s = SamplerConfig(steps=options.steps or DEFAULT_STEPS, guidance_scale=1.0, seed=options.seed,
+                          start_step=options.start_step or 0)
+        s.validate()
+        return s
+
+    def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
+        x = self.check_image(x, min_side=8)
+        sampler = self._sampler(options)
+        quality = self._quality(options)
+        b = self.backbone
+        h, w = x.shape[1:]
+        xp, _ = pad_to_multiple(x[None], image_multiple(b))
+        with torch.no_grad():
+            z0 = b.encode(xp.to(b.device)).float()
+        if quality is not None:
+            return self._stream(quality, xp, z0, h, w, sampler)
+        qualities = sorted(self.available_qualities(), reverse=True)
+        if not qualities:
+            self.model(DEFAULT_QUALITY)  # raises the missing-weights error
+        best = None
+        for q in qualities:  # highest quality that fits the target, else the lowest rate
+            best = self._stream(q, xp, z0, h, w, sampler)
+            if best.bpp() <= options.bpp:
+                break
+        return best
+
+    def _stream(self, quality: int, xp: torch.Tensor, z0: torch.Tensor, h: int, w: int, sampler: SamplerConfig) -> Bitstream:
+        model = self.model(quality)
+        out = model.compressor.compress(xp.to(model.device), z0.to(model.device))
+        params = {"seed": sampler.seed, "steps": sampler.steps, "q": quality, "start": sampler.start_step,
+                  "model": self._fingerprints[quality]}
+        return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
+                         sections={"y": out["strings"]["y"], "z": out["strings"]["z"]})
+
+    def decode_parameters(self, bs: Bitstream) -> tuple[SamplerConfig, int]:
+        """The sampler configuration and quality stored in a file."""
+        self.check_stream(bs)
+        try:
+            sampler = SamplerConfig(steps=self.param(bs, "steps", int), guidance_scale=1.0, seed=self.param(bs, "seed", int),
+                                    start_step=self.param(bs, "start", int))
+            sampler.validate()
+        except ParameterError as exc:
+            raise BitstreamError(f"bad decoding parameters in the header: {exc}") from None
+        quality = self.param(bs, "q", int)
+        if quality != 0 and quality not in QUALITY_LAMBDA:
+            raise BitstreamError(f"bad quality {quality} in the header")
+        if bs.height * bs.width > MAX_PIXELS:
+            raise BitstreamError(f"the header claims a {bs.width}x{bs.height} image, more pixels than egc_lite codes ({MAX_PIXELS:,})")
+        return sampler, quality
+
+    def _key(self, quality: int) -> int:
+        return 0 if self.explicit else quality
+
+    def content_variables(self, bs: Bitstream) -> torch.Tensor:
+        """Decode the content variables ``c`` (1, C, Hp/8, Wp/8) of a file (no sampling)."""
+        sampler, quality = self.decode_parameters(bs)
+        y, z = self.section(bs, "y"), self.section(bs, "z")
+        model = self.model(self._key(quality))
+        if self._fingerprints[self._key(quality)] != self.param(bs, "model", int):
+            raise BitstreamError(
+                "this file was made with other DiffEIC weights than the loaded ones (model fingerprint differs): "
+                "decode with the model that made it"
+            )
+        m = image_multiple(self.backbone)
+        hp, wp = -(-bs.height // m) * m, -(-bs.width // m) * m
+        return model.compressor.decompress({"y": y, "z": z}, (hp // COMPRESSOR_STRIDE, wp // COMPRESSOR_STRIDE))
+
+    def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:
+        sampler, quality = self.decode_parameters(bs)
+        c = self.content_variables(bs)
+        b = self.backbone
+        model = self.model(self._key(quality))
+        s = SamplerConfig(steps=sampler.steps, guidance_scale=1.0, seed=sampler.seed + sample, start_step=sampler.start_step)
+        c = c.to(b.device)
+        z0 = ddim_sample(b, b.null_cond, tuple(c.shape[-2:]), s, model.denoiser(b, c), init_latent=c if s.start_step else None)
+        with torch.no_grad():
+            x = b.decode(z0)
+        return crop_to(x, (bs.height, bs.width))[0].clamp(0, 1).cpu()

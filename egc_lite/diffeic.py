@@ -1,0 +1,694 @@
+"""Codec B's learned parts: DiffEIC (Li et al., "Towards Extreme Image Compression with Latent
+Feature Guidance and Diffusion Prior", arXiv:2404.18820; public code ``huai-chang/DiffEIC``).
+
+Two stages, both trained here on top of a *frozen* backbone:
+
+1. :class:`LatentCompressor` (the paper's latent feature-guided compression module). With
+   :math:`z_0 = s\\,\\mathcal{E}(x)` the backbone's scaled VAE latent,
+
+   .. math::
+       y = g_a(x, z_0),\\quad w = h_a(y),\\quad \\hat w = \\lfloor w - \\mu_w \\rceil + \\mu_w,\\quad
+       (\\sigma, \\mu) = h_s(\\hat w),\\quad \\hat y = \\lfloor y - \\mu \\rceil + \\mu,\\quad c = g_s(\\hat y).
+
+   ``y`` has stride 16, the hyper-latent ``w`` (called ``z`` in CompressAI and in the file's
+   section names) stride 64. ``w`` is coded with a factorized prior (``EntropyBottleneck``),
+   ``y`` with a Gaussian conditional :math:`\\mathcal{N}(\\mu, \\sigma^2)` convolved with
+   :math:`\\mathcal{U}(-\\frac12, \\frac12)` (the mean-scale hyperprior of Minnen et al. 2018). The
+   *content variables* ``c`` have the shape of the backbone latent (``latent_channels x H/8 x W/8``).
+   The VAE latent :math:`z_0` modulates the *encoder* only (concatenated to the stride-8
+   features of :math:`g_a`; the reference uses SFT layers there): the decoder never needs it.
+
+   Not done (kept simple on purpose): the reference's channel-slice + checkerboard context model
+   (ELIC style), its SFT modulation in :math:`h_a` and :math:`g_s`, and the extra
+   :math:`\\hat w \\to g_s` branch. The entropy model is the plain mean-scale hyperprior, so a
+   trained model here pays somewhat more bits than the reference at equal quality.
+
+2. A control module (:class:`ControlModule`) that injects ``c`` into the frozen UNet through
+   zero-initialised connections, so that training starts from the unchanged backbone:
+   :math:`\\hat\\epsilon = \\epsilon_\\theta(z_t, t, \\varnothing;\\ \\mathrm{ctrl}_\\phi(z_t, t, c))`. The prompt is
+   always empty (``backbone.null_cond``).
+
+Training objective (the paper's total loss; :func:`train_diffeic`)
+
+.. math::
+    \\mathcal{L} = \\mathbb{E}_{t,\\epsilon}\\,\\|\\epsilon - \\hat\\epsilon\\|_2^2
+    + \\lambda_a\\,\\|c - z_0\\|_2^2 + \\lambda\\,R,\\qquad
+    R = \\frac{-\\log_2 p(\\tilde y\\mid\\hat w) - \\log_2 p(\\tilde w)}{H W},
+
+with the space-alignment weight :math:`\\lambda_a = 2` and :math:`t` uniform over the 1000
+training steps. :math:`R` divides by the pixels of the training crops (the codec's file rate
+divides by the true image area). As in the reference, the rate uses the noisy proxy
+:math:`\\tilde y = y + u` while :math:`g_s` and :math:`h_s` see straight-through rounded values,
+and the ``EntropyBottleneck``'s quantiles are fitted by CompressAI's auxiliary loss with a
+separate optimizer.
+
+Control module: measured choice
+    diffusers' ``ControlNetXSAdapter`` / ``UNetControlNetXSModel`` (ControlNet-XS, the reference's
+    design) only works with UNets of two ResNets per block (Stable Diffusion's layout): with the
+    kit's UNets (``layers_per_block=1``, widths (16, 32) or (32, 64, 128)) ``UNetControlNetXSModel.from_unet``
+    fails with missing ``resnets.1`` keys. The kit therefore uses diffusers' ``ControlNetModel``
+    (same code for SD and egc-tiny): a *narrow* copy of the UNet's encoder, its width
+    ``control_ratio`` (0.2) of the UNet's rounded to multiples of ``control_norm_groups``, whose
+    outputs go through zero-initialised 1x1 convolutions (narrow to UNet width) into the frozen
+    UNet's ``down_block_additional_residuals`` / ``mid_block_additional_residual``. The hint ``c``
+    enters through ``ControlNetConditioningEmbedding`` with ``conditioning_embedding_out_channels=(16,)``:
+    one entry means no stride-2 convolution, so the hint stays at the latent resolution. With
+    ``control_ratio=1`` the control module is ``ControlNetModel.from_unet`` (initialised from the
+    UNet's encoder, the ControlNet recipe). Parameter counts: see ``DiffEICModel.parameter_counts``.
+
+Bit-exact decoding
+    Everything that decides the bits (``w``'s medians, the hyper-synthesis :math:`h_s` that gives
+    the scales and means of ``y``) runs on the CPU in float32 at both ends, and the encoder rebuilds
+    :math:`\\hat w, \\hat y` by *decoding its own bytes*, so the content variables it reports are
+    exactly the decoder's. The probability tables are saved in ``model.safetensors`` and loaded
+    (never rebuilt) by :func:`load_diffeic`. What remains is the usual learned-codec caveat: a CPU
+    whose float32 convolution differs in the last bit could move a scale across a table boundary.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from torch import nn
+
+from .errors import ModelNotFoundError, ParameterError
+from .progress import progress
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+#: Image sides are padded to a multiple of this (y at stride 16, w at stride 64).
+COMPRESSOR_STRIDE = 64
+#: UNet configuration fields the control module is built from (stored in ``config.json``).
+UNET_KEYS = (
+    "in_channels", "block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim",
+    "transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "use_linear_projection",
+    "upcast_attention", "norm_num_groups", "only_cross_attention", "mid_block_type", "flip_sin_to_cos", "freq_shift",
+)
+
+
+# ---------------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class DiffEICConfig:
+    """Architecture and loss weights of one DiffEIC rate point.
+
+    ``N``/``M``: channel widths of the hyper-latent / latent (the reference uses N=192, M=320 for
+    Stable Diffusion; the defaults suit egc-tiny). ``lmbda``: the rate weight :math:`\\lambda`
+    (larger = fewer bits; the reference trains 1, 2, 4, 8, 16).
+    """
+
+    N: int = 64
+    M: int = 96
+    use_z0: bool = True  # feed the VAE latent into g_a (encoder side only)
+    control_ratio: float = 0.2
+    control_norm_groups: int = 8
+    control_head_dim: int = 64
+    hint_channels: tuple[int, ...] = (16,)  # one entry: no downsampling of the hint
+    lmbda: float = 4.0
+    alignment_weight: float = 2.0  # lambda_a of the space alignment loss
+
+    def validate(self) -> None:
+        if self.N < 4 or self.M < 4:
+            raise ParameterError(f"N and M must be at least 4, got N={self.N}, M={self.M}")
+        if not 0 < self.control_ratio <= 1:
+            raise ParameterError(f"control_ratio must be in (0, 1], got {self.control_ratio}")
+        if len(self.hint_channels) != 1:
+            raise ParameterError("hint_channels must have one entry: more would downsample the latent-space hint")
+        if self.lmbda < 0 or self.alignment_weight < 0:
+            raise ParameterError("lmbda and alignment_weight must not be negative")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DiffEICConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+def unet_summary(unet) -> dict:
+    """The UNet configuration fields the control module depends on (JSON-friendly)."""
+    out = {}
+    for k in UNET_KEYS:
+        v = unet.config.get(k) if hasattr(unet.config, "get") else getattr(unet.config, k, None)
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------- compressor
+def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+class LatentCompressor(nn.Module):
+    """Mean-scale hyperprior compressor from image (+ VAE latent) to content variables (module docstring).
+
+    ``forward(x, z0)`` (training): ``c`` and the likelihoods ``{"y", "z"}``. :meth:`compress` /
+    :meth:`decompress`: real bytes through :mod:`egc_lite.entropy` (one item at a time).
+    ``x`` is ``(B, 3, H, W)`` in [0, 1] with H, W multiples of 64; ``z0`` is the backbone's
+    scaled latent of ``x``.
+    """
+
+    def __init__(self, N: int, M: int, latent_channels: int = 4, vae_factor: int = 8, use_z0: bool = True) -> None:
+        super().__init__()
+        if vae_factor not in (1, 2, 4, 8, 16):
+            raise ParameterError(f"the VAE factor must be a power of two up to 16, got {vae_factor}")
+        self.N, self.M, self.latent_channels, self.vae_factor, self.use_z0 = N, M, latent_channels, vae_factor, use_z0
+        # g_a: three stride-2 stages to stride 8, the VAE latent joins there, one more to stride 16.
+        self.g_a1 = nn.Sequential(_conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N))
+        self.g_a2 = nn.Sequential(_conv(N + (latent_channels if use_z0 else 0), N, 3, 1), GDN(N), _conv(N, M))
+        self.h_a = nn.Sequential(_conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, N))
+        self.h_s = nn.Sequential(
+            _deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+            _conv(M * 3 // 2, 2 * M, 3, 1),
+        )
+        ups = int(math.log2(16 // vae_factor))
+        layers: list[nn.Module] = [_conv(M, N, 3, 1)]
+        for _ in range(ups):
+            layers += [GDN(N, inverse=True), _deconv(N, N)]
+        layers += [nn.LeakyReLU(inplace=True), _conv(N, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, latent_channels, 3, 1)]
+        self.g_s = nn.Sequential(*layers)
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    # -- pieces
+    def analysis(self, x: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
+        """:math:`y = g_a(x, z_0)` (stride 16)."""
+        h = self.g_a1(x * 2 - 1)
+        if self.use_z0:
+            if z0 is None:
+                raise ParameterError("this compressor reads the VAE latent z0: pass it")
+            z0 = z0.to(h.dtype)
+            if z0.shape[-2:] != h.shape[-2:]:
+                z0 = F.interpolate(z0, size=h.shape[-2:], mode="bilinear", align_corners=False)
+            h = torch.cat([h, z0], dim=1)
+        return self.g_a2(h)
+
+    def hyper_parameters(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, means) of ``y`` from :math:`\\hat w` (differentiable, on the module's device)."""
+        scales, means = self.h_s(w_hat).chunk(2, dim=1)
+        return scales, means
+
+    def hyper_parameters_cpu(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, means) computed on the CPU in float32: what both ends of the coder use."""
+        h_s = self.h_s
+        p = next(h_s.parameters())
+        if p.device.type != "cpu" or p.dtype != torch.float32:
+            h_s = copy.deepcopy(h_s).to("cpu", torch.float32)
+        with torch.no_grad():
+            scales, means = h_s(w_hat.detach().to("cpu", torch.float32)).chunk(2, dim=1)
+        return scales.contiguous(), means.contiguous()
+
+    def synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """:math:`c = g_s(\\hat y)`: content variables at the latent resolution."""
+        return self.g_s(y_hat)
+
+    # -- training
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from .entropy import quantize
+
+        y = self.analysis(x, z0)
+        w = self.h_a(y)
+        _, w_lik = self.entropy_bottleneck(w)
+        med = self.entropy_bottleneck._get_medians()
+        w_hat = quantize(w, "ste", med)
+        scales, means = self.hyper_parameters(w_hat)
+        _, y_lik = self.gaussian_conditional(y, scales, means)
+        y_hat = quantize(y, "ste", means)
+        return self.synthesis(y_hat), {"y": y_lik, "z": w_lik}
+
+    def aux_loss(self) -> torch.Tensor:
+        """CompressAI's auxiliary loss that fits the ``EntropyBottleneck``'s quantiles."""
+        return self.entropy_bottleneck.loss()
+
+    # -- coding
+    def _check_x(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ParameterError(f"compress codes one image of shape (1, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % COMPRESSOR_STRIDE or w % COMPRESSOR_STRIDE:
+            raise ParameterError(f"image sides must be multiples of {COMPRESSOR_STRIDE} (pad first), got {w}x{h}")
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, z0: torch.Tensor | None) -> dict[str, Any]:
+        """Code one image: ``{"strings": {"y": bytes, "z": bytes}, "shape": (h_w, w_w), "c": c}``.
+
+        ``shape`` is the spatial shape of the hyper-latent (``H/64 x W/64``), which the decoder
+        needs; ``c`` is rebuilt from the decoded bytes, i.e. exactly what :meth:`decompress` returns.
+        """
+        from .entropy import compress_factorized, compress_gaussian
+
+        self._check_x(x)
+        y = self.analysis(x, z0).float()
+        w = self.h_a(y).float()
+        z_bytes = compress_factorized(self.entropy_bottleneck, w)
+        shape = tuple(int(s) for s in w.shape[-2:])
+        w_hat = self._decode_w(z_bytes, shape)
+        scales, means = self.hyper_parameters_cpu(w_hat)
+        y_bytes = compress_gaussian(self.gaussian_conditional, y, scales, means)
+        c = self._decode_c(y_bytes, scales, means)
+        return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "c": c}
+
+    def _decode_w(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        from .entropy import decompress_factorized
+
+        return decompress_factorized(self.entropy_bottleneck, data, shape)
+
+    def _decode_c(self, data: bytes, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        from .entropy import decompress_gaussian
+
+        y_hat = decompress_gaussian(self.gaussian_conditional, data, scales, means)
+        p = next(self.g_s.parameters())
+        return self.synthesis(y_hat.to(p.device, p.dtype)).float()
+
+    @torch.no_grad()
+    def decompress(self, strings: dict[str, bytes], shape: tuple[int, int]) -> torch.Tensor:
+        """Content variables ``c`` (1, latent_channels, 4*h_w*16/vae_factor, ...) from the two streams."""
+        if set(strings) < {"y", "z"}:
+            raise ParameterError(f"decompress needs the 'y' and 'z' streams, got {sorted(strings)}")
+        w_hat = self._decode_w(strings["z"], shape)
+        scales, means = self.hyper_parameters_cpu(w_hat)
+        return self._decode_c(strings["y"], scales, means)
+
+
+# ---------------------------------------------------------------------------------- control
+def _zero_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _residual_widths(widths: list[int], layers_per_block: int) -> list[int]:
+    """Channels of the UNet's down-path residuals: conv_in, then each ResNet, then each downsampler."""
+    out = [widths[0]]
+    for i, w in enumerate(widths):
+        out += [w] * layers_per_block
+        if i < len(widths) - 1:
+            out.append(w)
+    return out
+
+
+def control_widths(unet_cfg: dict, ratio: float, groups: int) -> list[int]:
+    """Block widths of the control module: ``ratio`` x the UNet's, multiples of ``groups``."""
+    base = list(unet_cfg["block_out_channels"])
+    if ratio >= 1:
+        return base
+    return [max(groups, int(round(ratio * w / groups)) * groups) for w in base]
+
+
+def _heads(width: int, head_dim: int) -> int:
+    """Largest head count ``<= width // head_dim`` (at least 1) that divides ``width``."""
+    h = max(1, width // head_dim)
+    while width % h:
+        h -= 1
+    return h
+
+
+class ControlModule(nn.Module):
+    """A ``ControlNetModel`` reading ``(z_t, t, c)`` whose outputs feed the frozen UNet (module docstring).
+
+    Built from the UNet's configuration only (:func:`unet_summary`), so a saved model loads
+    without the backbone's weights; with ``unet`` given and ``control_ratio == 1`` it starts as
+    a copy of the UNet's encoder.
+    """
+
+    def __init__(self, unet_cfg: dict, cfg: DiffEICConfig, latent_channels: int = 4, unet=None) -> None:
+        super().__init__()
+        from diffusers import ControlNetModel
+
+        base = list(unet_cfg["block_out_channels"])
+        widths = control_widths(unet_cfg, cfg.control_ratio, cfg.control_norm_groups)
+        kw = dict(conditioning_channels=latent_channels, conditioning_embedding_out_channels=tuple(cfg.hint_channels))
+        if cfg.control_ratio >= 1 and unet is not None:
+            net = ControlNetModel.from_unet(unet, **kw)
+        else:
+            full = cfg.control_ratio >= 1
+            heads = unet_cfg.get("num_attention_heads") or unet_cfg["attention_head_dim"]
+            net = ControlNetModel(
+                in_channels=unet_cfg["in_channels"],
+                down_block_types=tuple(unet_cfg["down_block_types"]),
+                mid_block_type=unet_cfg.get("mid_block_type") or "UNetMidBlock2DCrossAttn",
+                only_cross_attention=unet_cfg.get("only_cross_attention", False),
+                block_out_channels=tuple(widths),
+                layers_per_block=unet_cfg["layers_per_block"],
+                norm_num_groups=unet_cfg["norm_num_groups"] if full else cfg.control_norm_groups,
+                cross_attention_dim=unet_cfg["cross_attention_dim"],
+                transformer_layers_per_block=unet_cfg.get("transformer_layers_per_block", 1),
+                attention_head_dim=heads if full else 8,
+                num_attention_heads=heads if full else tuple(_heads(w, cfg.control_head_dim) for w in widths),
+                use_linear_projection=unet_cfg.get("use_linear_projection", False),
+                upcast_attention=unet_cfg.get("upcast_attention", False),
+                flip_sin_to_cos=unet_cfg.get("flip_sin_to_cos", True),
+                freq_shift=unet_cfg.get("freq_shift", 0),
+                **kw,
+            )
+        lpb = unet_cfg["layers_per_block"]
+        lpb = lpb if isinstance(lpb, int) else lpb[0]
+        # Zero-initialised projections from the control widths to the UNet's (replacing ControlNet's own).
+        net.controlnet_down_blocks = nn.ModuleList(
+            _zero_conv(a, b) for a, b in zip(_residual_widths(widths, lpb), _residual_widths(base, lpb))
+        )
+        net.controlnet_mid_block = _zero_conv(widths[-1], base[-1])
+        self.net = net
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c: torch.Tensor, scale: float = 1.0):
+        """``(down_residuals, mid_residual)`` for ``UNet2DConditionModel.forward``."""
+        down, mid = self.net(z_t, t, encoder_hidden_states=cond, controlnet_cond=c, conditioning_scale=scale, return_dict=False)
+        return list(down), mid
+
+
+# ---------------------------------------------------------------------------------- model
+class DiffEICModel(nn.Module):
+    """Compressor + control module of one rate point (float32; the backbone stays frozen and apart)."""
+
+    def __init__(self, cfg: DiffEICConfig, unet_cfg: dict, latent_channels: int = 4, vae_factor: int = 8, unet=None) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.unet_cfg = dict(unet_cfg)
+        self.latent_channels, self.vae_factor = latent_channels, vae_factor
+        self.compressor = LatentCompressor(cfg.N, cfg.M, latent_channels, vae_factor, cfg.use_z0)
+        self.control = ControlModule(self.unet_cfg, cfg, latent_channels, unet=unet)
+
+    @classmethod
+    def for_backbone(cls, cfg: DiffEICConfig, backbone, seed: int = 0) -> DiffEICModel:
+        """A freshly initialised model (seeded) for ``backbone``."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = cls(cfg, unet_summary(backbone.unet), backbone.latent_channels, backbone.vae_factor, unet=backbone.unet)
+        finally:
+            torch.random.set_rng_state(state)
+        return model.float().to(backbone.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the compressor and the control module."""
+        n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"compressor": n(self.compressor), "control": n(self.control)}
+
+    def predict_noise(self, unet, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """:math:`\\hat\\epsilon` of the frozen ``unet`` steered by ``c`` (differentiable w.r.t. this model)."""
+        dt = next(unet.parameters()).dtype
+        dev = self.device
+        b = z_t.shape[0]
+        c = c.to(dev, torch.float32)
+        if c.shape[0] != b:
+            c = c.expand(b, -1, -1, -1)
+        down, mid = self.control(z_t.to(dev, torch.float32), t.to(dev), cond.to(dev, torch.float32), c)
+        out = unet(z_t.to(dt), t, encoder_hidden_states=cond.to(dt),
+                   down_block_additional_residuals=[d.to(dt) for d in down], mid_block_additional_residual=mid.to(dt))
+        return out.sample.float()
+
+    def denoiser(self, backbone, c: torch.Tensor):
+        """A :class:`~egc_lite.sampling.Denoiser` for :func:`~egc_lite.sampling.ddim_sample` steered by ``c``."""
+
+        def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.predict_noise(backbone.unet, z_t, t, cond, c)
+
+        return denoise
+
+    def fingerprint(self) -> int:
+        """A 32-bit hash of the configuration and every weight and table (files store it)."""
+        h = hashlib.sha256(json.dumps({"cfg": self.config.to_dict(), "unet": self.unet_cfg}, sort_keys=True).encode())
+        for k, v in sorted(self.state_dict().items()):
+            v = v.detach().cpu()
+            v = v.float() if v.is_floating_point() else v
+            h.update(k.encode())
+            h.update(str(tuple(v.shape)).encode())
+            h.update(v.contiguous().numpy().tobytes())
+        return int.from_bytes(h.digest()[:4], "little")
+
+    def check_backbone(self, backbone) -> None:
+        """Raise :class:`ModelNotFoundError` when ``backbone``'s UNet or latent space differ from this model's."""
+        if unet_summary(backbone.unet) != self.unet_cfg or backbone.latent_channels != self.latent_channels \
+                or backbone.vae_factor != self.vae_factor:
+            raise ModelNotFoundError(
+                f"this DiffEIC model was trained for another backbone than {backbone.backbone_id!r} "
+                "(UNet or latent shape differ): train one for it with `egc train diffeic --backbone ...`"
+            )
+
+
+# ---------------------------------------------------------------------------------- save / load
+def save_diffeic(model: DiffEICModel, out_dir: str | Path, backbone_id: str, extra: dict | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors``.
+
+    The ``EntropyBottleneck``'s quantiles are refitted by bisection and the probability tables
+    built once, here (in ``model`` too), so every decoder loads the same tables.
+    """
+    from safetensors.torch import save_file
+
+    from .entropy import update_tables
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    update_tables(model.compressor, force=True, update_quantiles=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, out / WEIGHTS_FILE)
+    meta = {"_class_name": "egc_lite.DiffEICModel", "backbone_id": backbone_id, "config": model.config.to_dict(),
+            "unet": model.unet_cfg, "latent_channels": model.latent_channels, "vae_factor": model.vae_factor,
+            "parameters": model.parameter_counts(), **(extra or {})}
+    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def load_diffeic(folder: str | Path, backbone=None, device: str | torch.device | None = None) -> DiffEICModel:
+    """Load a folder written by :func:`export_diffeic` / :func:`save_diffeic` (tables loaded, not rebuilt).
+
+    With ``backbone``, the model goes to its device and must match its UNet and backbone id.
+    """
+    from safetensors.torch import load_file
+
+    from .entropy import fit_table_buffers
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise ModelNotFoundError(
+            f"no DiffEIC model in {folder} (looked for {CONFIG_FILE} and {WEIGHTS_FILE}): train one with "
+            "`egc train diffeic --lmbda L --ckpt DIR` and write it there with `egc train diffeic-export --ckpt DIR --out FOLDER`"
+        )
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        cfg = DiffEICConfig.from_dict(meta["config"])
+        model = DiffEICModel(cfg, meta["unet"], int(meta["latent_channels"]), int(meta["vae_factor"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(f"{folder / CONFIG_FILE} is not a DiffEIC configuration ({exc})") from None
+    model.backbone_id = meta.get("backbone_id", "")
+    state = load_file(folder / WEIGHTS_FILE)
+    fit_table_buffers(model, state)
+    model.load_state_dict(state)
+    model.eval().requires_grad_(False)
+    if backbone is not None:
+        if model.backbone_id and model.backbone_id != backbone.backbone_id:
+            raise ModelNotFoundError(
+                f"the DiffEIC model in {folder} was trained for backbone {model.backbone_id!r}, not "
+                f"{backbone.backbone_id!r}: train one for this backbone with `egc train diffeic --backbone ...`"
+            )
+        model.check_backbone(backbone)
+        device = device or backbone.device
+    return model.to(device or "cpu")
+
+
+def load_compressor(folder: str | Path) -> LatentCompressor:
+    """Only the compressor of a saved model (CPU, eval): enough to decode content variables, and
+    it needs neither diffusers nor the backbone."""
+    from safetensors.torch import load_file
+
+    from .entropy import fit_table_buffers
+
+    folder = Path(folder)
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    cfg = DiffEICConfig.from_dict(meta["config"])
+    comp = LatentCompressor(cfg.N, cfg.M, int(meta["latent_channels"]), int(meta["vae_factor"]), cfg.use_z0)
+    prefix = "compressor."
+    state = {k[len(prefix):]: v for k, v in load_file(folder / WEIGHTS_FILE).items() if k.startswith(prefix)}
+    fit_table_buffers(comp, state)
+    comp.load_state_dict(state)
+    return comp.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass
+class DiffEICTrainConfig:
+    """Options of one DiffEIC training run (one rate point)."""
+
+    ckpt_dir: str = "checkpoints/diffeic"
+    data_dir: str | None = None
+    model: DiffEICConfig = field(default_factory=DiffEICConfig)
+    steps: int = 20000
+    batch_size: int = 8
+    crop: int = 128  # a multiple of 64
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 200
+    threads: int | None = None
+    max_minutes: float | None = None
+
+    def validate(self) -> None:
+        self.model.validate()
+        if self.crop % COMPRESSOR_STRIDE or self.crop < COMPRESSOR_STRIDE:
+            raise ParameterError(f"crop must be a positive multiple of {COMPRESSOR_STRIDE}, got {self.crop}")
+        if self.steps < 0 or self.batch_size < 1:
+            raise ParameterError("steps must be >= 0 and batch_size >= 1")
+
+
+class DiffEICLoss(nn.Module):
+    """:math:`\\|\\epsilon-\\hat\\epsilon\\|^2 + \\lambda_a\\|c-z_0\\|^2 + \\lambda R` (module docstring); the UNet is frozen."""
+
+    def __init__(self, model: DiffEICModel, unet, null_cond: torch.Tensor, alphas: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.unet = unet  # frozen; its parameters have requires_grad False
+        self.register_buffer("null_cond", null_cond.detach().float().clone())
+        self.register_buffer("alphas", alphas.detach().float().clone())
+
+    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        from .entropy import likelihood_bits
+
+        cfg = self.model.config
+        c, lik = self.model.compressor(x, z0)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        cond = self.null_cond.expand(x.shape[0], -1, -1)
+        eps_hat = self.model.predict_noise(self.unet, z_t, t, cond, c)
+        mse = F.mse_loss(eps_hat, eps)
+        align = F.mse_loss(c, z0)
+        bpp = likelihood_bits(lik) / (x.shape[0] * x.shape[2] * x.shape[3])
+        loss = mse + cfg.alignment_weight * align + cfg.lmbda * bpp
+        return {"loss": loss, "mse": mse, "align": align, "bpp": bpp, "aux": self.model.compressor.aux_loss()}
+
+
+def _log(ckpt: Path, record: dict) -> None:
+    with open(ckpt / "diffeic_log.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
+    """Train (or resume) one rate point on random crops of the training photos; returns the checkpoint.
+
+    The checkpoint ``<ckpt_dir>/diffeic.pt`` holds the model, both optimizers, the step, the
+    configuration, the backbone id and the UNet summary (so :func:`export_diffeic` needs no
+    backbone). Losses go to ``<ckpt_dir>/diffeic_log.jsonl``. Runs under Accelerate like
+    :func:`egc_lite.train_backbone.train` (each process its own seeded crops; main process saves).
+    """
+    from accelerate import Accelerator
+
+    from .data import training_photos_dir
+    from .train_backbone import CropSampler, _save
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator(cpu=backbone.device.type == "cpu")
+    dev = acc.device
+    ckpt = Path(cfg.ckpt_dir)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    path = ckpt / "diffeic.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if state is not None and state.get("backbone_id") != backbone.backbone_id:
+        raise ParameterError(
+            f"{path} was trained on backbone {state.get('backbone_id')!r}, not {backbone.backbone_id!r}: "
+            "use another --ckpt folder"
+        )
+    if state is not None:
+        cfg.model = DiffEICConfig.from_dict(state["config"]["model"])
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
+    sampler = CropSampler(data_dir, seed=cfg.seed + acc.process_index)
+    first = state["step"] if state is not None else 0
+    sampler.rng.seed(cfg.seed * 1_000_003 + acc.process_index * 7919 + first)  # resumable stream
+    torch.manual_seed(cfg.seed * 7919 + acc.process_index + first)
+
+    model = DiffEICModel.for_backbone(cfg.model, backbone, seed=cfg.seed)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    model.train()
+    loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod).to(dev)
+    named = list(model.named_parameters())
+    main_params = [p for n, p in named if not n.endswith("quantiles")]
+    aux_params = [p for n, p in named if n.endswith("quantiles")]
+    opt = torch.optim.AdamW(main_params, lr=cfg.lr, weight_decay=0.0)
+    aux_opt = torch.optim.AdamW(aux_params, lr=cfg.aux_lr, weight_decay=0.0)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
+    loss_mod, opt, aux_opt = acc.prepare(loss_mod, opt, aux_opt)
+    n_train = backbone.scheduler.config.num_train_timesteps
+    start = time.time()
+    sums: dict[str, float] = {}
+    done = first
+    for step in progress(range(first, cfg.steps), desc=f"diffeic lambda={cfg.model.lmbda}", total=max(cfg.steps - first, 0)):
+        x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
+        with torch.no_grad():
+            z0 = backbone.encode(x).float()
+        t = torch.randint(0, n_train, (x.shape[0],), device=dev)
+        out = loss_mod(x, z0, t, torch.randn_like(z0))
+        opt.zero_grad(set_to_none=True)
+        aux_opt.zero_grad(set_to_none=True)
+        # One backward (one DDP pass): the aux loss only reaches the quantiles, which only aux_opt steps
+        # (as CompressAI's example, where the quantiles also see the main loss's gradient).
+        acc.backward(out["loss"] + out["aux"])
+        acc.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux_opt.step()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        done = step + 1
+        if done % cfg.log_every == 0:
+            if acc.is_main_process:
+                rec = {"step": done, "minutes": (time.time() - start) / 60}
+                rec.update({k: v / cfg.log_every for k, v in sums.items()})
+                _log(ckpt, rec)
+            sums = {}
+        timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
+        if (done % cfg.save_every == 0 or done == cfg.steps or timeout) and acc.is_main_process:
+            _save(path, _blob(acc.unwrap_model(loss_mod).model, opt, aux_opt, done, cfg, backbone.backbone_id))
+        if timeout:
+            break
+    if state is None and done == first and acc.is_main_process:  # zero steps asked: still leave a checkpoint
+        _save(path, _blob(model, opt, aux_opt, done, cfg, backbone.backbone_id))
+    return path
+
+
+def _blob(model: DiffEICModel, opt, aux_opt, step: int, cfg: DiffEICTrainConfig, backbone_id: str) -> dict:
+    """A training checkpoint: enough to resume, and to export without the backbone."""
+    return {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step,
+            "config": asdict(cfg), "backbone_id": backbone_id, "unet": model.unet_cfg,
+            "latent_channels": model.latent_channels, "vae_factor": model.vae_factor}
+
+
+def export_diffeic(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """Write a trained checkpoint as ``config.json`` + ``model.safetensors`` for :func:`load_diffeic`.
+
+    ``ckpt`` is the checkpoint folder (or its ``diffeic.pt``); see :func:`save_diffeic`.
+    """
+    p = Path(ckpt)
+    p = p / "diffeic.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ModelNotFoundError(f"no DiffEIC checkpoint at {p}: train one with `egc train diffeic --ckpt {p.parent}`")
+    state = torch.load(p, map_location="cpu", weights_only=False)
+    cfg = DiffEICConfig.from_dict(state["config"]["model"])
+    model = DiffEICModel(cfg, state["unet"], state["latent_channels"], state["vae_factor"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return save_diffeic(model, out_dir, state["backbone_id"], extra={"steps": state["step"], "lmbda": cfg.lmbda})

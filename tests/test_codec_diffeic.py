@@ -1,0 +1,162 @@
+"""Codec B end to end on a tiny random backbone: files, determinism, start step, rate points, bad files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
+from egc_lite.codecs import CompressOptions, DiffEICCodec, make_codec
+from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+from egc_lite.entropy import update_tables
+from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
+
+TINY = DiffEICConfig(N=16, M=24)
+
+
+def _model(backbone, seed: int) -> DiffEICModel:
+    """A random model whose control outputs are not zero (so ``c`` changes the samples)."""
+    m = DiffEICModel.for_backbone(TINY, backbone, seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.control.named_parameters():
+            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "controlnet_cond_embedding.conv_out" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        spread(m)
+    update_tables(m.compressor)
+    return m
+
+
+def spread(m: DiffEICModel) -> None:
+    """Scale the random analysis transforms so that y and the hyper-latent span several integers
+    (a fresh model's values all round to zero, which would make coding tests trivial)."""
+    with torch.no_grad():
+        m.compressor.g_a2[-1].weight.mul_(60)
+        m.compressor.h_a[-1].weight.mul_(40)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_backbone):
+    return _model(tiny_backbone, 0)
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_backbone, model):
+    return DiffEICCodec(tiny_backbone, model=model)
+
+
+@pytest.fixture(scope="module")
+def image():
+    g = torch.Generator().manual_seed(1)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=g), size=(72, 100), mode="bicubic")[0].clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def stream(codec, image):
+    return codec.compress(image, CompressOptions(seed=5, steps=3))
+
+
+def test_file_round_trip_is_deterministic(tmp_path, codec, stream, tiny_backbone):
+    path = tmp_path / "a.egc"
+    n = write_bitstream(path, stream)
+    assert n == len(encode_bitstream(stream))
+    assert set(stream.sections) == {"y", "z"}
+    assert {"seed", "steps", "q", "start", "model"} <= set(stream.params)
+    bs = read_bitstream(path, expected_backbone_id=tiny_backbone.backbone_id)
+    assert bs.params["seed"] == 5 and bs.params["q"] == 0
+    a, b = codec.decompress(bs), codec.decompress(bs)
+    assert a.shape == (3, 72, 100) and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, codec.decompress(bs, sample=1))
+
+
+def test_start_step_starts_from_the_content_variables(codec, image, stream):
+    calls = []
+    bs = codec.compress(image, CompressOptions(seed=5, steps=3, start_step=2))
+    assert bs.params["start"] == 2 and bs.sections == stream.sections
+    import egc_lite.codecs.diffeic as mod
+
+    real = mod.ddim_sample
+
+    def spy(*args, **kwargs):
+        calls.append((args[3].start_step, kwargs.get("init_latent")))
+        return real(*args, **kwargs)
+
+    mod.ddim_sample = spy
+    try:
+        y = codec.decompress(bs)
+    finally:
+        mod.ddim_sample = real
+    assert calls[0][0] == 2 and torch.equal(calls[0][1], codec.content_variables(bs))
+    assert y.shape == (3, 72, 100) and not torch.equal(y, codec.decompress(stream))
+    with pytest.raises(ParameterError, match="start_step"):
+        codec.compress(image, CompressOptions(steps=3, start_step=3))
+
+
+def test_content_variables_steer_the_samples(tiny_backbone, model, image):
+    """Two images give different content variables, hence different decodes with the same seed."""
+    codec = DiffEICCodec(tiny_backbone, model=model)
+    a = codec.compress(image, CompressOptions(steps=2))
+    b = codec.compress(image.flip(-1), CompressOptions(steps=2))
+    assert not torch.equal(codec.content_variables(a), codec.content_variables(b))
+    assert not torch.equal(codec.decompress(a), codec.decompress(b))
+
+
+def test_bad_files(codec, stream, tiny_backbone):
+    from egc_lite.backbone import tiny_random_backbone
+
+    with pytest.raises(BitstreamError, match="'y'"):
+        codec.decompress(dataclasses.replace(stream, sections={"z": stream.sections["z"]}))
+    with pytest.raises(BitstreamError, match="'z'"):
+        codec.decompress(dataclasses.replace(stream, sections={"y": stream.sections["y"]}))
+    with pytest.raises(BitstreamError, match="backbone"):
+        codec.decompress(dataclasses.replace(stream, backbone_id="tiny-random:1"))
+    with pytest.raises(BitstreamError, match="backbone"):
+        other = tiny_random_backbone(seed=1)
+        decode_bitstream(encode_bitstream(stream), expected_backbone_id=other.backbone_id)
+    data = bytearray(encode_bitstream(stream))
+    data[len(data) // 2] ^= 0x10
+    with pytest.raises(BitstreamError, match="checksum"):
+        decode_bitstream(bytes(data))
+    with pytest.raises(BitstreamError, match="steps"):
+        codec.decompress(dataclasses.replace(stream, params={**stream.params, "steps": 0}))
+    with pytest.raises(BitstreamError, match="'seed'"):
+        codec.decompress(dataclasses.replace(stream, params={k: v for k, v in stream.params.items() if k != "seed"}))
+    with pytest.raises(BitstreamError, match="fingerprint"):
+        DiffEICCodec(tiny_backbone, model=_model(tiny_backbone, 1)).decompress(stream)
+    with pytest.raises(BitstreamError, match="pixels"):
+        codec.decompress(dataclasses.replace(stream, height=60000, width=60000))
+    with pytest.raises(BitstreamError, match="textinv"):
+        codec.decompress(dataclasses.replace(stream, codec="textinv"))
+
+
+def test_missing_weights_name_the_folder_and_the_command(tmp_path, tiny_backbone, image, stream):
+    codec = DiffEICCodec(tiny_backbone, weights_dir=tmp_path / "none")
+    with pytest.raises(ModelNotFoundError, match=r"q2.*egc train diffeic --lmbda 8"):
+        codec.compress(image, CompressOptions(quality=2))
+    with pytest.raises(ModelNotFoundError, match="none"):
+        codec.compress(image, CompressOptions(bpp=0.1))
+    with pytest.raises(ModelNotFoundError, match="passed in code"):
+        codec.decompress(stream)  # a quality-0 file needs the model object
+    with pytest.raises(ParameterError, match="quality"):
+        codec.compress(image, CompressOptions(quality=9))
+    with pytest.raises(ParameterError, match="either"):
+        codec.compress(image, CompressOptions(quality=1, bpp=0.1))
+    assert isinstance(make_codec("diffeic", tiny_backbone), DiffEICCodec)
+
+
+def test_shipped_rate_points_and_bpp_target(tmp_path, tiny_backbone, model, image):
+    save_diffeic(model, tmp_path / "q2", tiny_backbone.backbone_id)
+    save_diffeic(_model(tiny_backbone, 3), tmp_path / "q4", tiny_backbone.backbone_id)
+    enc = DiffEICCodec(tiny_backbone, weights_dir=tmp_path)
+    assert enc.available_qualities() == [2, 4]
+    bs = enc.compress(image, CompressOptions(quality=2, steps=2))
+    assert bs.params["q"] == 2
+    dec = DiffEICCodec(tiny_backbone, weights_dir=tmp_path)  # loads q2 from its folder
+    assert torch.equal(dec.decompress(decode_bitstream(encode_bitstream(bs))), enc.decompress(bs))
+    sizes = {q: enc.compress(image, CompressOptions(quality=q)).bpp() for q in (2, 4)}
+    assert enc.compress(image, CompressOptions(bpp=24.0)).params["q"] == 4  # highest that fits
+    assert enc.compress(image, CompressOptions(bpp=1e-3)).params["q"] == 2  # nothing fits: lowest rate
+    assert min(sizes.values()) > 0
