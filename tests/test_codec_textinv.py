@@ -61,10 +61,10 @@ def test_compression_guidance_pulls_towards_the_guide(codec, stream, image):
     from egc_lite.guidance import CompressionGuidanceConfig
     from egc_lite.guide import decode_guide, degrade
 
-    small, _ = decode_guide(stream.sections["guide"], (96, 128), stream.params["factor"])
+    small, _ = decode_guide(stream.sections["guide"], (96, 128), stream.params["f"])
     off = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=0.0))
     on = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=20.0))
-    f = stream.params["factor"]
+    f = stream.params["f"]
     err = lambda y: float((degrade(y[None], f)[0] - small).pow(2).mean())  # noqa: E731
     assert err(on) < err(off)
 
@@ -75,7 +75,7 @@ def test_foreign_backbone_and_bad_header(codec, stream):
     other = TextInvCodec(tiny_random_backbone(seed=1), FAST)
     with pytest.raises(BitstreamError, match="backbone"):
         other.decompress(stream)
-    bad = dataclasses.replace(stream, params={**stream.params, "gmode": "warp"})
+    bad = dataclasses.replace(stream, params={**stream.params, "gm": 7})
     with pytest.raises(BitstreamError, match="guidance mode"):
         codec.decompress(decode_bitstream(encode_bitstream(bad)))
     missing = dataclasses.replace(stream, sections={"guide": stream.sections["guide"]})
@@ -101,6 +101,6 @@ def test_stable_diffusion_layout_path(sd_folder):
     codec = TextInvCodec(b, cfg)
     x = torch.rand(3, 64, 64)
     bs = codec.compress(x, CompressOptions(bpp=0.5))
-    assert bs.params["tok0"] == 1 and bs.params["ntok"] == 2
+    assert bs.params["t0"] == 1 and bs.params["nt"] == 2
     y = codec.decompress(decode_bitstream(encode_bitstream(bs), b.backbone_id))
     assert y.shape == (3, 64, 64)

@@ -55,6 +55,15 @@ class TextInvConfig:
     default_bpp: float = 0.07
 
 
+#: Fixed-point unit of the scales and the quantization step in the header.
+FIXED = 10_000
+
+
+def _fix(value: float) -> int:
+    """A scale or step as a fixed-point integer (the header stores these)."""
+    return int(round(float(value) * FIXED))
+
+
 def _multiple(backbone) -> int:
     """Image sizes must be multiples of this (VAE factor x the UNet's downsampling)."""
     return backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
@@ -104,9 +113,11 @@ class TextInvCodec(Codec):
 
     def _stream(self, h: int, w: int, cfg: TextInvConfig, step: float, n_tok: int, factor: int, emb: bytes, guide: bytes) -> Bitstream:
         s, g = cfg.sampler, cfg.guidance
-        params = {"seed": s.seed, "steps": s.steps, "sf": float(s.guidance_scale), "sc": float(g.scale),
-                  "gmode": g.mode, "gevery": g.every, "guntil": float(g.until), "delta": float(step),
-                  "tok0": cfg.inversion.token_start, "ntok": n_tok, "factor": factor}
+        # scales and the step are stored in fixed point (FIXED units per 1) as small integers: every
+        # header byte counts at 0.05 bpp; the decoder uses exactly the stored values
+        params = {"seed": s.seed, "steps": s.steps, "sf": _fix(s.guidance_scale), "sc": _fix(g.scale),
+                  "gm": GUIDANCE_MODES.index(g.mode), "ge": g.every, "gu": _fix(g.until), "dq": _fix(step),
+                  "t0": cfg.inversion.token_start, "nt": n_tok, "f": factor}
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
                          sections={"emb": emb, "guide": guide})
 
@@ -151,22 +162,23 @@ class TextInvCodec(Codec):
         """The decoding configuration stored in a file: (config, Delta, n tokens, guide factor)."""
         self.check_stream(bs)
         p = lambda k, t: self.param(bs, k, t)  # noqa: E731
-        mode = p("gmode", str)
-        if mode not in GUIDANCE_MODES:
-            raise BitstreamError(f"unknown guidance mode {mode!r} in the header")
+        gm = p("gm", int)
+        if not 0 <= gm < len(GUIDANCE_MODES):
+            raise BitstreamError(f"unknown guidance mode {gm} in the header")
         try:
-            sampler = SamplerConfig(steps=p("steps", int), guidance_scale=p("sf", float), seed=p("seed", int))
+            sampler = SamplerConfig(steps=p("steps", int), guidance_scale=p("sf", int) / FIXED, seed=p("seed", int))
             sampler.validate()
-            guidance = CompressionGuidanceConfig(scale=p("sc", float), mode=mode, every=p("gevery", int), until=p("guntil", float))
+            guidance = CompressionGuidanceConfig(scale=p("sc", int) / FIXED, mode=GUIDANCE_MODES[gm], every=p("ge", int),
+                                                 until=p("gu", int) / FIXED)
             guidance.validate()
-            inversion = replace(self.config.inversion, token_start=p("tok0", int), n_tokens=p("ntok", int))
+            inversion = replace(self.config.inversion, token_start=p("t0", int), n_tokens=p("nt", int))
             inversion.token_slice(self.backbone)
         except ParameterError as exc:
             raise BitstreamError(f"bad decoding parameters in the header: {exc}") from None
-        delta, factor = p("delta", float), p("factor", int)
+        delta, factor = p("dq", int) / FIXED, p("f", int)
         if not 0 < delta < 1e6 or not 1 <= factor <= 64:
             raise BitstreamError("bad quantization step or guide factor in the header")
-        return replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion), delta, p("ntok", int), factor
+        return replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion), delta, p("nt", int), factor
 
     def decompress(self, bs: Bitstream, sample: int = 0, guidance: CompressionGuidanceConfig | None = None,
                    guidance_scale: float | None = None) -> torch.Tensor:
