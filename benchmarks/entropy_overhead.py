@@ -28,7 +28,7 @@ from egc_lite.entropy import (
     decompress_gaussian,
     estimate_bits_factorized,
     estimate_bits_gaussian,
-    likelihood_bits,
+    fit_factorized,
     update_tables,
 )
 
@@ -68,24 +68,7 @@ def latent_like(shape: tuple[int, int, int, int], step: float = 0.25) -> Sampler
 
 
 def train(channels: int, sample: Sampler, steps: int, seed: int = 0) -> EntropyBottleneck:
-    torch.manual_seed(seed)
-    eb = EntropyBottleneck(channels)
-    main = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=0.02)
-    aux = torch.optim.Adam([eb.quantiles], lr=0.05)
-    g = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        x = sample(g)
-        _, lik = eb(x)
-        loss = likelihood_bits(lik) / x.numel()
-        main.zero_grad()
-        loss.backward()
-        main.step()
-        aux.zero_grad()
-        eb.loss().backward()
-        aux.step()
-    eb.eval()
-    update_tables(eb, update_quantiles=True)
-    return eb
+    return fit_factorized(EntropyBottleneck(channels), sample, steps, seed)
 
 
 def timed(fn: Callable[[], object], repeat: int = 5) -> tuple[object, float]:

@@ -517,15 +517,9 @@ def decode_bitstream(data: bytes, expected_backbone_id: str | None = None) -> Bi
 # --------------------------------------------------------------------------- files
 
 
-def write_bitstream(path: PathLike, bs: Bitstream) -> int:
-    """Encode ``bs`` and write it to ``path`` atomically; return the bytes written.
-
-    The bytes go to a temporary file in the same folder, which then replaces
-    ``path`` in one step, so a reader never sees a half-written file. Invalid
-    fields raise :class:`ParameterError` before anything is written; a folder
-    that cannot be written to raises :class:`EGCError`.
-    """
-    data = encode_bitstream(bs)
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then replace ``path`` in one step,
+    so a reader never sees a half-written file; failures raise :class:`EGCError`."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -550,6 +544,18 @@ def write_bitstream(path: PathLike, bs: Bitstream) -> int:
         except OSError:
             pass
         raise
+
+
+def write_bitstream(path: PathLike, bs: Bitstream) -> int:
+    """Encode ``bs`` and write it to ``path`` atomically; return the bytes written.
+
+    The bytes go to a temporary file in the same folder, which then replaces
+    ``path`` in one step, so a reader never sees a half-written file. Invalid
+    fields raise :class:`ParameterError` before anything is written; a folder
+    that cannot be written to raises :class:`EGCError`.
+    """
+    data = encode_bitstream(bs)
+    atomic_write_bytes(path, data)
     return len(data)
 
 

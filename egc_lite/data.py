@@ -25,7 +25,6 @@ otherwise downloaded once from its public source into ``~/.cache/egc_lite/kodak`
 from __future__ import annotations
 
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .bitstream import atomic_write_bytes
 from .errors import EGCError, ImageError, ParameterError
 
 __all__ = [
@@ -303,17 +303,7 @@ def _download(url: str, dest: Path) -> None:
         data = resp.read()
     if not data.startswith(_PNG_MAGIC):
         raise OSError(f"the server did not return a PNG image ({len(data)} bytes)")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(dest, data)
 
 
 def _kodak_folder(indices: Sequence[int], download: bool) -> Path:
@@ -349,7 +339,7 @@ def _kodak_folder(indices: Sequence[int], download: bool) -> Path:
         url = KODAK_URL.format(i)
         try:
             _download(url, folder / _kodak_name(i))
-        except (OSError, urllib.error.URLError, ValueError) as exc:  # URLError/HTTPError/timeouts are OSErrors
+        except (OSError, urllib.error.URLError, ValueError, EGCError) as exc:  # URLError/HTTPError/timeouts are OSErrors
             raise EGCError(f"could not download the Kodak image {url} ({exc}). {offline_fix}.") from exc
     return folder
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -479,3 +479,28 @@ def estimate_bits_gaussian(
     with torch.no_grad():
         _, lik = m(y, s, mu, training=False)
     return float(likelihood_bits(lik.double()))
+
+
+def fit_factorized(bottleneck: EntropyBottleneck, sample: Callable[[torch.Generator], Tensor], steps: int,
+                   seed: int = 0, lr: float = 0.02, aux_lr: float = 0.05) -> EntropyBottleneck:
+    """Fit a factorized prior to data drawn by ``sample(generator)`` for ``steps`` steps (rate
+    :math:`-\\log_2 p(\\tilde y)` per symbol, plus CompressAI's auxiliary quantile loss on its own
+    optimizer), then build its tables. For demonstrations, tests and benchmarks."""
+    torch.manual_seed(seed)
+    main = torch.optim.Adam([p for n, p in bottleneck.named_parameters() if n != "quantiles"], lr=lr)
+    aux = torch.optim.Adam([bottleneck.quantiles], lr=aux_lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    bottleneck.train()
+    for _ in range(steps):
+        x = sample(g)
+        _, lik = bottleneck(x)
+        loss = likelihood_bits(lik) / x.numel()
+        main.zero_grad()
+        loss.backward()
+        main.step()
+        aux.zero_grad()
+        bottleneck.loss().backward()
+        aux.step()
+    bottleneck.eval()
+    update_tables(bottleneck, update_quantiles=True)
+    return bottleneck

@@ -21,6 +21,7 @@ from egc_lite.entropy import (
     decompress_gaussian,
     estimate_bits_factorized,
     estimate_bits_gaussian,
+    fit_factorized,
     likelihood_bits,
     quantize,
     tables_ready,
@@ -49,23 +50,9 @@ def _bottleneck(channels: int, seed: int = 0) -> EntropyBottleneck:
 @pytest.fixture(scope="module")
 def trained() -> EntropyBottleneck:
     """An EntropyBottleneck fitted briefly to Laplacian data of scale 2 (about 1 s)."""
-    torch.manual_seed(0)
-    eb = EntropyBottleneck(4)
-    main = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=0.02)
-    aux = torch.optim.Adam([eb.quantiles], lr=0.05)
     dist = torch.distributions.Laplace(0.0, torch.tensor([0.5, 1.0, 2.0, 4.0]))
-    for _ in range(150):
-        x = dist.sample(torch.Size([32, 32])).permute(2, 0, 1).unsqueeze(0)  # (1, 4, 32, 32)
-        _, lik = eb(x)
-        loss = likelihood_bits(lik) / x.numel()
-        main.zero_grad()
-        loss.backward()
-        main.step()
-        aux.zero_grad()
-        eb.loss().backward()
-        aux.step()
-    eb.eval()
-    update_tables(eb, update_quantiles=True)
+    sample = lambda g: dist.sample(torch.Size([32, 32])).permute(2, 0, 1).unsqueeze(0)  # noqa: E731  (1, 4, 32, 32)
+    eb = fit_factorized(EntropyBottleneck(4), sample, 150)
     return eb
 
 
