@@ -4,7 +4,7 @@ Only the embedding :math:`e` (``n`` token vectors fed to the UNet's cross-attent
 encoder bypassed) is optimized, the backbone stays frozen:
 
 .. math::
-    \\min_e\\; \\mathbb{E}_{t,\\epsilon}\\big\\|\\epsilon - \\epsilon_\\theta(z_t, t, \\tilde e)\\big\\|_2^2
+    \\min_e\\; \\mathbb{E}_{t,\\epsilon,\\mathrm{crop}}\\big\\|\\epsilon - \\epsilon_\\theta(z_t, t, \\tilde e)\\big\\|_2^2
     + \\lambda\\, R(\\tilde q), \\qquad \\tilde q = \\frac{e - e_\\varnothing}{\\Delta} + u,\\;
     u \\sim \\mathcal{U}(-\\tfrac12, \\tfrac12),\\; \\tilde e = e_\\varnothing + \\Delta \\tilde q,
 
@@ -12,7 +12,9 @@ where :math:`e_\\varnothing` is the null embedding (the start point and the prio
 :math:`\\Delta` the quantization step and :math:`R` the rate in bits of the symbols under the
 fixed :class:`EmbeddingPrior` (a zero-mean discretized Gaussian per channel whose scales are fit
 on the training photos and shipped with the backbone). Additive uniform noise stands in for
-rounding while optimizing; the transmitted symbols are :math:`q = \\mathrm{round}((e - e_\\varnothing)/\\Delta)`.
+rounding while optimizing; each step sees ``batch`` random latent crops (``crop`` latent pixels a
+side, the size egc-tiny was trained at), a cheaper estimate of the expectation over the whole
+image than the whole latent at every step; the transmitted symbols are :math:`q = \\mathrm{round}((e - e_\\varnothing)/\\Delta)`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class InversionConfig:
     token_start: int = 0  # first optimized token position (1 for SD: keeps the BOS token)
     n_tokens: int | None = None  # number of optimized positions (None: all from token_start)
     seed: int = 0
+    crop: int | None = 32  # optimize on random crops of this many latent pixels (None: the whole latent)
 
     def token_slice(self, backbone: Backbone) -> slice:
         n = backbone.n_tokens - self.token_start if self.n_tokens is None else self.n_tokens
@@ -113,6 +116,21 @@ def _noisy(backbone: Backbone, z0: torch.Tensor, t: torch.Tensor, eps: torch.Ten
     return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
 
+def _crop_size(z0: torch.Tensor, crop: int | None) -> tuple[int, int]:
+    h, w = z0.shape[-2:]
+    return (h, w) if crop is None else (min(h, crop), min(w, crop))
+
+
+def _crops(z0: torch.Tensor, n: int, crop: int | None, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random crops (one place each) of the latent (1, C, h, w): the embedding is shared by
+    the whole image, and each optimization step sees a few parts of it (cheaper than the whole)."""
+    ch, cw = _crop_size(z0, crop)
+    h, w = z0.shape[-2:]
+    ys = torch.randint(0, h - ch + 1, (n,), generator=gen).tolist()
+    xs = torch.randint(0, w - cw + 1, (n,), generator=gen).tolist()
+    return torch.cat([z0[..., y : y + ch, x : x + cw] for y, x in zip(ys, xs)])
+
+
 def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConfig, prior: EmbeddingPrior | None = None) -> InversionResult:
     """Optimize the embedding of latent ``z0`` (1, C, h, w) (see the module docstring)."""
     config.validate()
@@ -127,12 +145,12 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
     result = InversionResult(embedding=null.clone())
     for _ in progress(range(config.steps), desc="textual inversion"):
         t = torch.randint(0, n_train, (config.batch,), generator=gen).to(backbone.device)
-        eps = torch.randn((config.batch, *z0.shape[1:]), generator=gen).to(backbone.device)
+        eps = torch.randn((config.batch, z0.shape[1], *_crop_size(z0, config.crop)), generator=gen).to(backbone.device)
         u = torch.rand(delta.shape, generator=gen).to(delta) - 0.5
         symbols = delta / config.step_size + u
         cond = null.clone()
         cond[:, sl] = null[:, sl] + config.step_size * symbols
-        zt = _noisy(backbone, z0.expand(config.batch, -1, -1, -1), t, eps)
+        zt = _noisy(backbone, _crops(z0, config.batch, config.crop, gen), t, eps)
         pred = backbone.unet(zt.to(backbone.dtype), t, encoder_hidden_states=cond.expand(config.batch, -1, -1).to(backbone.dtype)).sample
         mse = (pred.float() - eps).pow(2).mean()
         rate = prior.bits(symbols, config.step_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from egc_lite.textual_inversion import (
@@ -19,9 +20,10 @@ def _latent(backbone):
     return torch.randn(1, 4, 8, 8, generator=g)
 
 
-def test_inversion_lowers_denoising_loss_below_null(tiny_backbone):
+@pytest.mark.parametrize("crop", [None, 4])
+def test_inversion_lowers_denoising_loss_below_null(tiny_backbone, crop):
     z0 = _latent(tiny_backbone)
-    res = invert_embedding(tiny_backbone, z0, InversionConfig(steps=40, lr=0.1, lmbda=0.0, batch=4))
+    res = invert_embedding(tiny_backbone, z0, InversionConfig(steps=40, lr=0.1, lmbda=0.0, batch=4, crop=crop))
     assert len(res.losses) == 40
     assert denoising_loss(tiny_backbone, z0, res.embedding) < denoising_loss(tiny_backbone, z0, tiny_backbone.null_cond)
 
