@@ -24,10 +24,14 @@ from egc_lite.progress import set_progress
 SCHEDULES = [
     ("no guidance (s_c = 0)", CompressionGuidanceConfig(scale=0.0)),
     ("latent, every step", CompressionGuidanceConfig(mode="latent")),
-    ("fast, every step", CompressionGuidanceConfig(mode="fast")),
-    ("fast, every 2nd, first 60%", CompressionGuidanceConfig(mode="fast", every=2, until=0.6)),
     ("fast, every 4th, first 50%", CompressionGuidanceConfig(mode="fast", every=4, until=0.5)),
+    ("fast, every 2nd, first 60%", CompressionGuidanceConfig(mode="fast", every=2, until=0.6)),
     ("full, every 4th, first 50%", CompressionGuidanceConfig(mode="full", every=4, until=0.5)),
+]
+#: Slow rows, with --all: every step guided through the decoder.
+SLOW_SCHEDULES = [
+    ("fast, every step", CompressionGuidanceConfig(mode="fast")),
+    ("full, every step", CompressionGuidanceConfig(mode="full")),
 ]
 
 
@@ -39,6 +43,7 @@ def main() -> None:
     ap.add_argument("--bpp", type=float, default=0.07)
     ap.add_argument("--sc", type=float, default=None, help="s_c for the guided rows (default: the codec's)")
     ap.add_argument("--inversion-steps", type=int, default=100)
+    ap.add_argument("--all", action="store_true", help="also the slow rows (every step through the decoder)")
     args = ap.parse_args()
     set_progress(False)
     b = load_backbone(args.backbone, device="cpu")
@@ -49,7 +54,7 @@ def main() -> None:
     print(f"kodim{args.image:02d} {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp, {args.steps} DDIM steps with CFG, "
           f"{torch.get_num_threads()} threads, s_c = {base_scale:g} where guided")
     base = None
-    for name, g in SCHEDULES:
+    for name, g in SCHEDULES + (SLOW_SCHEDULES if args.all else []):
         if g.scale > 0:
             g = CompressionGuidanceConfig(scale=base_scale, mode=g.mode, every=g.every, until=g.until)
         t0 = time.perf_counter()
