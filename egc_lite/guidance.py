@@ -48,8 +48,8 @@ GUIDANCE_MODES = ("fast", "full", "latent")
 class CompressionGuidanceConfig:
     """Strength and schedule of compression guidance."""
 
-    scale: float = 2.0  # s_c
-    mode: str = "fast"
+    scale: float = 0.1  # s_c (its useful range depends on the mode: about 0.05-0.4 for "latent", 0.3-1 for "fast")
+    mode: str = "latent"
     every: int = 1
     until: float = 1.0
 

@@ -5,11 +5,12 @@ encoder bypassed) is optimized, the backbone stays frozen:
 
 .. math::
     \\min_e\\; \\mathbb{E}_{t,\\epsilon,\\mathrm{crop}}\\big\\|\\epsilon - \\epsilon_\\theta(z_t, t, \\tilde e)\\big\\|_2^2
-    + \\lambda\\, R(\\tilde q), \\qquad \\tilde q = \\frac{e - e_\\varnothing}{\\Delta} + u,\\;
+    + \\lambda\\, \\frac{R(\\tilde q)}{HW}, \\qquad \\tilde q = \\frac{e - e_\\varnothing}{\\Delta} + u,\\;
     u \\sim \\mathcal{U}(-\\tfrac12, \\tfrac12),\\; \\tilde e = e_\\varnothing + \\Delta \\tilde q,
 
 where :math:`e_\\varnothing` is the null embedding (the start point and the prior's centre),
-:math:`\\Delta` the quantization step and :math:`R` the rate in bits of the symbols under the
+:math:`\\Delta` the quantization step, :math:`HW` the image's pixels (so the rate term is the
+embedding's bits per pixel, as in DiffEIC's :math:`\\lambda R`) and :math:`R` the rate in bits of the symbols under the
 fixed :class:`EmbeddingPrior` (a zero-mean discretized Gaussian per channel whose scales are fit
 on the training photos and shipped with the backbone). Additive uniform noise stands in for
 rounding while optimizing; each step sees ``batch`` random latent crops (``crop`` latent pixels a
@@ -41,7 +42,7 @@ class InversionConfig:
     steps: int = 150
     lr: float = 0.03
     batch: int = 2  # timesteps drawn per optimization step
-    lmbda: float = 1e-4  # weight of the rate (bits) against the denoising MSE
+    lmbda: float = 0.05  # weight of the embedding's rate (bits per image pixel) against the denoising MSE
     step_size: float = 0.05  # Delta, the quantization step
     token_start: int = 0  # first optimized token position (1 for SD: keeps the BOS token)
     n_tokens: int | None = None  # number of optimized positions (None: all from token_start)
@@ -143,6 +144,7 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
     n_train = backbone.scheduler.config.num_train_timesteps
     z0 = z0.detach().to(backbone.device, torch.float32)
     result = InversionResult(embedding=null.clone())
+    pixels = z0.shape[-2] * z0.shape[-1] * backbone.vae_factor**2
     for _ in progress(range(config.steps), desc="textual inversion"):
         t = torch.randint(0, n_train, (config.batch,), generator=gen).to(backbone.device)
         eps = torch.randn((config.batch, z0.shape[1], *_crop_size(z0, config.crop)), generator=gen).to(backbone.device)
@@ -154,7 +156,7 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
         pred = backbone.unet(zt.to(backbone.dtype), t, encoder_hidden_states=cond.expand(config.batch, -1, -1).to(backbone.dtype)).sample
         mse = (pred.float() - eps).pow(2).mean()
         rate = prior.bits(symbols, config.step_size)
-        loss = mse + config.lmbda * rate
+        loss = mse + config.lmbda * rate / pixels
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -57,13 +57,14 @@ def test_embedding_symbols_round_trip(codec, tiny_backbone):
     assert torch.equal(codec.decode_embedding(data, tiny_backbone.n_tokens, 0.05), sym)
 
 
-def test_compression_guidance_pulls_towards_the_guide(codec, stream, image):
+@pytest.mark.parametrize("mode, scale", [("latent", 0.2), ("fast", 20.0), ("full", 20.0)])
+def test_compression_guidance_pulls_towards_the_guide(codec, stream, image, mode, scale):
     from egc_lite.guidance import CompressionGuidanceConfig
     from egc_lite.guide import decode_guide, degrade
 
     small, _ = decode_guide(stream.sections["guide"], (96, 128), stream.params["f"])
     off = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=0.0))
-    on = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=20.0))
+    on = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=scale, mode=mode))
     f = stream.params["f"]
     err = lambda y: float((degrade(y[None], f)[0] - small).pow(2).mean())  # noqa: E731
     assert err(on) < err(off)

@@ -32,7 +32,7 @@ def test_rate_term_lowers_the_rate(tiny_backbone):
     z0 = _latent(tiny_backbone)
     prior = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.1))
     free = invert_embedding(tiny_backbone, z0, InversionConfig(steps=30, lr=0.1, lmbda=0.0), prior)
-    cheap = invert_embedding(tiny_backbone, z0, InversionConfig(steps=30, lr=0.1, lmbda=1.0), prior)
+    cheap = invert_embedding(tiny_backbone, z0, InversionConfig(steps=30, lr=0.1, lmbda=1000.0), prior)
     assert sum(cheap.rates[-5:]) < sum(free.rates[-5:])
 
 
