@@ -300,7 +300,7 @@ def _arch(state: dict) -> TinyBackboneConfig:
 def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the trained phases as a diffusers folder (safetensors) that ``load_backbone`` reads.
 
-    The VAE comes from ``decoder.pt`` when that phase ran (same encoder, better decoder), else
+    Weights are stored in float16. The VAE comes from ``decoder.pt`` when that phase ran (same encoder, better decoder), else
     from ``vae.pt``; the UNet is the EMA copy from ``unet.pt``. The conditioning encoder is kept
     beside the weights (``token_encoder.safetensors``) for reference; the codecs do not use it.
     """
@@ -318,8 +318,9 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     comps.vae.register_to_config(scaling_factor=float(unet_state["latent_scale"]))
     comps.unet.load_state_dict(unet_state["ema"])
     out.mkdir(parents=True, exist_ok=True)
-    comps.vae.save_pretrained(out / "vae", safe_serialization=True)
-    comps.unet.save_pretrained(out / "unet", safe_serialization=True)
+    # stored in float16 (half the bytes in git); load_backbone casts to the run's dtype
+    comps.vae.half().save_pretrained(out / "vae", safe_serialization=True)
+    comps.unet.half().save_pretrained(out / "unet", safe_serialization=True)
     comps.scheduler.save_pretrained(out / "scheduler")
     save_file({"null_cond": unet_state["null_cond"].float().contiguous()}, out / NULL_COND_FILE)
     encoder = ImageTokenEncoder(arch)
