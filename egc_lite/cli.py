@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import EGCError
 
-DEFAULT_CODEC = "guide"
+DEFAULT_CODEC = "textinv"
 DEFAULT_BACKBONE = "egc-tiny"
 
 

@@ -18,7 +18,6 @@ from .codecs import CompressOptions, make_codec
 from .data import load_kodak, pil_to_tensor, tensor_to_pil
 from .metrics import ms_ssim, psnr
 
-DEMO_CODEC = "guide"
 
 
 def side_by_side(images: list[torch.Tensor], labels: list[str], gap: int = 8) -> Image.Image:
@@ -39,9 +38,9 @@ def side_by_side(images: list[torch.Tensor], labels: list[str], gap: int = 8) ->
 def run_demo(image: int = 23, codec: str | None = None, bpp: float = 0.07, out_dir: str | Path = "figures",
              backbone: str = "egc-tiny", device: str = "auto") -> str:
     """Compress Kodak image ``image`` at about ``bpp`` and report; returns the report text."""
-    from .cli import _load_backbone_for  # one place decides which codecs need a backbone
+    from .cli import DEFAULT_CODEC, _load_backbone_for  # one place decides the default and the backbone
 
-    name = codec or DEMO_CODEC
+    name = codec or DEFAULT_CODEC
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x = load_kodak(image)

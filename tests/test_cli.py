@@ -62,7 +62,7 @@ def test_user_mistakes_are_one_line(tmp_path, image_file, capsys, monkeypatch, a
 
 def test_corrupt_file_in_a_subprocess_exits_non_zero(tmp_path, image_file):
     out = tmp_path / "a.egc"
-    assert main(["compress", str(image_file), "-o", str(out), "--bpp", "0.2"]) == 0
+    assert main(["compress", str(image_file), "-o", str(out), "--codec", "guide", "--bpp", "0.2"]) == 0
     data = bytearray(out.read_bytes())
     data[len(data) // 2] ^= 0x10
     out.write_bytes(bytes(data))
