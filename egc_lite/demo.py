@@ -19,7 +19,6 @@ from .data import load_kodak, pil_to_tensor, tensor_to_pil
 from .metrics import ms_ssim, psnr
 
 
-
 def side_by_side(images: list[torch.Tensor], labels: list[str], gap: int = 8) -> Image.Image:
     """Images ``(3, H, W)`` in a row with a caption strip above each."""
     pils = [tensor_to_pil(x) for x in images]
