@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-minutes", type=float, default=None)
     tb.add_argument("--threads", type=int, default=None)
     tb.add_argument("--device", default="auto")
+    tb.add_argument("--init-from", default=None, help="start from an exported folder (e.g. egc_lite/weights/egc-tiny) when --ckpt is empty")
     tp = tsub.add_parser("textinv-prior", help="fit codec A's embedding prior on training photos and save it beside the backbone")
     tp.add_argument("--backbone", default=DEFAULT_BACKBONE)
     tp.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
@@ -185,7 +186,8 @@ def cmd_train(args) -> int:
 
         cfg = BackboneTrainConfig(phase=args.phase, ckpt_dir=args.ckpt, data_dir=args.data, steps=args.steps,
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                                  max_minutes=args.max_minutes, threads=args.threads, device=args.device)
+                                  max_minutes=args.max_minutes, threads=args.threads, device=args.device,
+                                  init_from=args.init_from)
         print(train(cfg))
         return 0
     if args.what == "textinv-prior":

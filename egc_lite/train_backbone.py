@@ -58,6 +58,7 @@ class BackboneTrainConfig:
     device: str = "auto"
     max_minutes: float | None = None
     arch: TinyBackboneConfig = EGC_TINY_CONFIG
+    init_from: str | None = None  # an exported folder (e.g. the shipped egc-tiny) to start from when no checkpoint exists
 
 
 # ---------------------------------------------------------------------------------- data
@@ -184,6 +185,23 @@ class DenoisingLoss(nn.Module):
         return F.mse_loss(self.unet(zt, t, encoder_hidden_states=cond).sample, eps)
 
 
+def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
+    """A step-0 checkpoint built from an exported folder, so training can go on from shipped
+    weights when the original checkpoints are gone (the optimizer starts afresh)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).float()
+    if not (ckpt / "vae.pt").exists():  # later phases read the VAE from here
+        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": {}})
+    if phase in ("vae", "decoder"):
+        return {"vae": vae.state_dict(), "step": 0, "opt": None}
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
+    return {"unet": unet.state_dict(), "ema": unet.state_dict(), "encoder": load_file(folder / "token_encoder.safetensors"),
+            "null_cond": load_file(folder / "null_cond.safetensors")["null_cond"], "step": 0, "opt": None,
+            "latent_scale": float(vae.config.scaling_factor)}
+
+
 # ---------------------------------------------------------------------------------- phases
 def train(cfg: BackboneTrainConfig) -> Path:
     """Run (or resume) one phase; returns the checkpoint path.
@@ -209,6 +227,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
     vae = comps.vae
     path = ckpt / f"{cfg.phase}.pt"
     state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if state is None and cfg.init_from:
+        state = _state_from_export(Path(cfg.init_from), cfg.phase, ckpt)
     start = time.time()
     first = state["step"] if state is not None else 0
     sampler.rng.seed(cfg.seed * 1_000_003 + acc.process_index * 7919 + first)  # resumable stream
@@ -241,7 +261,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    if state is not None:
+    if state is not None and state.get("opt") is not None:
         opt.load_state_dict(state["opt"])
     model, opt = acc.prepare(model, opt)
     n_train = comps.scheduler.config.num_train_timesteps

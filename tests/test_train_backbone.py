@@ -40,3 +40,9 @@ def test_two_steps_per_phase_resume_and_export(tmp_path):
     assert b.latent_scale > 0 and b.n_tokens == TEST_CONFIG.n_tokens
     z = ddim_sample(b, b.null_cond, (8, 8), SamplerConfig(steps=2, guidance_scale=2.0))
     assert torch.isfinite(b.decode(z)).all()
+    # training goes on from the exported weights when the checkpoints are gone
+    fresh = tmp_path / "fresh"
+    again = dict(common, ckpt_dir=str(fresh), init_from=str(out))
+    train(BackboneTrainConfig(phase="unet", steps=1, **again))
+    resumed = torch.load(fresh / "unet.pt", weights_only=False)
+    assert resumed["step"] == 1 and abs(resumed["latent_scale"] - b.latent_scale) < 1e-6
