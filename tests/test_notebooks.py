@@ -24,16 +24,16 @@ KERNEL_NAME = "python3"
 #: Small CPU parameters for each notebook (every notebook needs an entry, ``{}`` if its defaults
 #: are already small). They are injected by papermill after the notebook's ``parameters`` cell.
 NOTEBOOK_PARAMETERS: dict[str, dict] = {
-    # TODO: switch "backbone" to "egc-tiny" once its weights are shipped in egc_lite/weights/.
-    "00_tour.ipynb": {"backbone": "tiny-random", "save_figures": False},
-    "01_textual_inversion.ipynb": {"backbone": "tiny-random", "max_side": 64, "inversion_steps": 3, "steps": 2,
+    # The shipped egc-tiny, the backbone students run on a CPU; tiny sizes keep each run short.
+    "00_tour.ipynb": {"backbone": "egc-tiny", "save_figures": False},
+    "01_textual_inversion.ipynb": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2,
                                    "sf_values": [1, 2], "save_figures": False},
-    "02_compression_guidance.ipynb": {"backbone": "tiny-random", "max_side": 64, "inversion_steps": 3, "steps": 2,
+    "02_compression_guidance.ipynb": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2,
                                       "sc_values": [0, 0.2], "sf_values": [1, 2], "n_samples": 2, "save_figures": False},
     # 03 and 04 train a DiffEIC model for train_steps steps when no shipped rate point fits the backbone.
-    "03_entropy_coding.ipynb": {"backbone": "tiny-random", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
+    "03_entropy_coding.ipynb": {"backbone": "egc-tiny", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
                                 "train_crop": 64, "fit_steps": 20, "fit_photos": 2, "save_figures": False},
-    "04_control_module.ipynb": {"backbone": "tiny-random", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
+    "04_control_module.ipynb": {"backbone": "egc-tiny", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
                                 "train_crop": 64, "steps": 2, "n_samples": 2, "save_figures": False},
 }
 
