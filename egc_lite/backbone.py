@@ -70,6 +70,11 @@ class Backbone:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE factor times the UNet's downsampling."""
+        return self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 

@@ -95,7 +95,7 @@ def compression_guidance(
 
         k = max(1, factor // backbone.vae_factor)
         big = upsample(guide_small, size, factor=factor)
-        mult = backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+        mult = backbone.size_multiple
         pad_h, pad_w = (-size[0]) % mult, (-size[1]) % mult
         big = torch.nn.functional.pad(big, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.no_grad():

@@ -224,7 +224,7 @@ def fit_embedding_prior(backbone: Backbone, images: list[torch.Tensor], config: 
     config = config or InversionConfig(lmbda=0.0)
     sl = config.token_slice(backbone)
     residuals = []
-    mult = backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    mult = backbone.size_multiple
     for k, x in enumerate(progress(images, desc="fitting the embedding prior")):
         scale = min(1.0, max_side / max(x.shape[1:]))
         if scale < 1:

@@ -44,7 +44,7 @@ DEFAULT_STEPS = 50
 
 def image_multiple(backbone) -> int:
     """Image sides are padded to a multiple of this (compressor stride and the UNet's downsampling)."""
-    unet = backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    unet = backbone.size_multiple
     m = COMPRESSOR_STRIDE
     while m % unet:
         m *= 2

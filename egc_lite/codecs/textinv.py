@@ -64,11 +64,6 @@ def _fix(value: float) -> int:
     return int(round(float(value) * FIXED))
 
 
-def _multiple(backbone) -> int:
-    """Image sizes must be multiples of this (VAE factor x the UNet's downsampling)."""
-    return backbone.vae_factor * 2 ** (len(backbone.unet.config.block_out_channels) - 1)
-
-
 class TextInvCodec(Codec):
     """The text-embedding codec (see the module docstring)."""
 
@@ -124,7 +119,7 @@ class TextInvCodec(Codec):
     def invert(self, x: torch.Tensor, cfg: TextInvConfig | None = None):
         """Textual inversion of image ``x`` (3, H, W); returns the :class:`InversionResult`."""
         cfg = cfg or self.config
-        xp, _ = pad_to_multiple(x[None], _multiple(self.backbone))
+        xp, _ = pad_to_multiple(x[None], self.backbone.size_multiple)
         with torch.no_grad():
             z0 = self.backbone.encode(xp.to(self.backbone.device))
         return invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
@@ -189,7 +184,7 @@ class TextInvCodec(Codec):
         symbols = self.decode_embedding(self.section(bs, "emb"), n_tok, delta)
         cond = dequantize_embedding(b, symbols, cfg.inversion.token_start, delta)
         guide_small, _ = decode_guide(self.section(bs, "guide"), (bs.height, bs.width), factor)
-        m = _multiple(b)
+        m = b.size_multiple
         hp, wp = -(-bs.height // m) * m, -(-bs.width // m) * m
         sampler = replace(cfg.sampler, seed=cfg.sampler.seed + sample)
         if guidance_scale is not None:
