@@ -42,9 +42,21 @@ def sd_folder(tmp_path_factory):
     return write_tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd") / "sd", seed=3)
 
 
-@pytest.fixture
+def _smooth_random(h: int, w: int, grid: tuple[int, int], seed: int, batch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, *grid, generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic").clamp(0, 1)
+
+
+@pytest.fixture(scope="session")
 def smooth_image():
-    """A deterministic smooth RGB test image (3, 64, 96) in [0, 1]."""
-    g = torch.Generator().manual_seed(0)
-    small = torch.rand(1, 3, 4, 6, generator=g)
-    return torch.nn.functional.interpolate(small, size=(64, 96), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    """Factory: a deterministic smooth RGB image, a seeded coarse random grid upsampled bicubically.
+
+    ``smooth_image(h, w, grid=(gh, gw), seed=s)`` gives (3, h, w); with ``batch=n``, (n, 3, h, w).
+    """
+
+    def make(h: int, w: int, grid: tuple[int, int] = (6, 8), seed: int = 0, batch: int | None = None) -> torch.Tensor:
+        x = _smooth_random(h, w, grid, seed, batch or 1)
+        return x if batch else x[0]
+
+    return make

@@ -72,7 +72,7 @@ def test_device_errors():
         load_backbone("tiny-random:x", device="cpu")
 
 
-def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch):
+def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image):
     """The shipped backbone: from the package folder, no network, a two-step sample and a VAE round trip."""
     from egc_lite.sampling import SamplerConfig, ddim_sample
 
@@ -83,7 +83,7 @@ def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch):
     z = ddim_sample(b, b.null_cond, (8, 8), SamplerConfig(steps=2, guidance_scale=3.0, seed=0))
     x = b.decode(z)
     assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
-    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0)), size=(64, 64), mode="bicubic").clamp(0, 1)
+    smooth = smooth_image(64, 64, grid=(4, 4), seed=0, batch=1)
     from egc_lite.tiny import build_components
     from egc_lite.train_backbone import EGC_TINY_CONFIG
 

@@ -7,16 +7,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from egc_lite.cli import main
 from egc_lite.data import load_image, save_image
 
 
 @pytest.fixture
-def image_file(tmp_path):
-    g = torch.Generator().manual_seed(4)
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 12, generator=g), size=(96, 144), mode="bicubic")[0].clamp(0, 1)
+def image_file(tmp_path, smooth_image):
+    x = smooth_image(96, 144, grid=(8, 12), seed=4)
     path = tmp_path / "in.png"
     save_image(x, path)
     return path

@@ -48,9 +48,8 @@ def codec(tiny_backbone, model):
 
 
 @pytest.fixture(scope="module")
-def image():
-    g = torch.Generator().manual_seed(1)
-    return torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=g), size=(72, 100), mode="bicubic")[0].clamp(0, 1)
+def image(smooth_image):
+    return smooth_image(72, 100, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ def codec(tiny_backbone):
 
 
 @pytest.fixture(scope="module")
-def image():
-    g = torch.Generator().manual_seed(1)
-    return torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=g), size=(96, 128), mode="bicubic")[0].clamp(0, 1)
+def image(smooth_image):
+    return smooth_image(96, 128, seed=1)
 
 
 @pytest.fixture(scope="module")

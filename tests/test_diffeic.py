@@ -40,9 +40,8 @@ def model(tiny_backbone):
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_backbone):
-    g = torch.Generator().manual_seed(2)
-    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 16, generator=g), size=(64, 128), mode="bicubic").clamp(0, 1)
+def batch(tiny_backbone, smooth_image):
+    x = smooth_image(64, 128, grid=(8, 16), seed=2, batch=2)
     with torch.no_grad():
         return x, tiny_backbone.encode(x)
 

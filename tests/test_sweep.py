@@ -13,9 +13,9 @@ from egc_lite.textual_inversion import InversionConfig
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_backbone):
+def setup(tiny_backbone, smooth_image):
     codec = TextInvCodec(tiny_backbone, TextInvConfig(inversion=InversionConfig(steps=2), sampler=SamplerConfig(steps=2)))
-    x = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2)), size=(64, 64), mode="bicubic")[0].clamp(0, 1)
+    x = smooth_image(64, 64, grid=(4, 4), seed=2)
     return codec, codec.compress(x, CompressOptions(bpp=0.5)), x
 
 
