@@ -21,7 +21,7 @@ image than the whole latent at every step; the transmitted symbols are :math:`q 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -232,13 +232,8 @@ def fit_embedding_prior(backbone: Backbone, images: list[torch.Tensor], config: 
         xp, _ = pad_to_multiple(x[None], mult)
         with torch.no_grad():
             z0 = backbone.encode(xp.to(backbone.device))
-        res = invert_embedding(backbone, z0, replace_seed(config, k), EmbeddingPrior(torch.ones(backbone.cond_dim)))
+        res = invert_embedding(backbone, z0, replace(config, seed=k), EmbeddingPrior(torch.ones(backbone.cond_dim)))
         residuals.append((res.embedding[:, sl] - backbone.null_cond.float()[:, sl]).reshape(-1, backbone.cond_dim).cpu())
     r = torch.cat(residuals)
     return EmbeddingPrior(sigma=r.pow(2).mean(0).sqrt().clamp_min(1e-4), fitted=True)
 
-
-def replace_seed(config: InversionConfig, seed: int) -> InversionConfig:
-    from dataclasses import replace
-
-    return replace(config, seed=seed)
