@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--max-minutes", type=float, default=None)
     td.add_argument("--threads", type=int, default=None)
     td.add_argument("--device", default="auto")
+    td.add_argument("--init-from", default=None, help="start from another rate point's checkpoint folder (fine-tune to this --lmbda)")
     tdx = tsub.add_parser("diffeic-export", help="write a DiffEIC checkpoint as a loadable rate point folder")
     tdx.add_argument("--ckpt", default="checkpoints/diffeic")
     tdx.add_argument("--out", default=None, help="output folder")
@@ -214,7 +215,7 @@ def cmd_train(args) -> int:
         model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                                 max_minutes=args.max_minutes, threads=args.threads)
+                                 max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from)
         print(train_diffeic(cfg, b))
         return 0
     if args.what == "diffeic-export":

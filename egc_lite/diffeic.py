@@ -544,6 +544,7 @@ class DiffEICTrainConfig:
     save_every: int = 200
     threads: int | None = None
     max_minutes: float | None = None
+    init_from: str | None = None  # another rate point's checkpoint (folder or .pt) to start from: same architecture, fresh optimizers
 
     def validate(self) -> None:
         self.model.validate()
@@ -622,6 +623,8 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
     model = DiffEICModel.for_backbone(cfg.model, backbone, seed=cfg.seed)
     if state is not None:
         model.load_state_dict(state["model"])
+    elif cfg.init_from:
+        model.load_state_dict(_init_weights(Path(cfg.init_from), cfg.model, backbone.backbone_id))
     model.train()
     loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod).to(dev)
     named = list(model.named_parameters())
@@ -668,6 +671,21 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
     if state is None and done == first and acc.is_main_process:  # zero steps asked: still leave a checkpoint
         _save(path, _blob(model, opt, aux_opt, done, cfg, backbone.backbone_id))
     return path
+
+
+def _init_weights(src: Path, model_cfg: DiffEICConfig, backbone_id: str) -> dict:
+    """Weights of another rate point's checkpoint, to fine-tune at a new :math:`\\lambda` (the usual way
+    to get several rate points for the price of one long run). Everything but ``lmbda`` must match."""
+    src = src / "diffeic.pt" if src.is_dir() else src
+    if not src.is_file():
+        raise ModelNotFoundError(f"--init-from {src}: no DiffEIC checkpoint there (train one rate point first)")
+    other = torch.load(src, map_location="cpu", weights_only=False)
+    theirs = DiffEICConfig.from_dict(other["config"]["model"])
+    if other.get("backbone_id") != backbone_id:
+        raise ParameterError(f"--init-from {src} was trained on backbone {other.get('backbone_id')!r}, not {backbone_id!r}")
+    if {**theirs.to_dict(), "lmbda": model_cfg.lmbda} != model_cfg.to_dict():
+        raise ParameterError(f"--init-from {src} has another architecture ({theirs}); only lmbda may differ")
+    return other["model"]
 
 
 def _blob(model: DiffEICModel, opt, aux_opt, step: int, cfg: DiffEICTrainConfig, backbone_id: str) -> dict:

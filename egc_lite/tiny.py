@@ -10,6 +10,14 @@ During training it is produced from the clean latent by :class:`ImageTokenEncode
 replaced by the learned null embedding a fraction of the time, so that an embedding carries
 information about its image and classifier-free guidance has a null embedding to contrast
 with. At compression time the encoder is not used: codec A inverts the embedding directly.
+
+With ``global_cond_heads > 0`` the embedding also reaches every ResNet block through the time
+embedding: the UNet is built with diffusers' ``addition_embed_type="text"`` (attention pooling of
+the tokens, added to the timestep embedding, as Kandinsky/DeepFloyd-IF UNets do). Cross-attention
+alone learned to use the tokens too slowly on a CPU budget (an inverted embedding lowered the
+denoising loss by 0.1% after 1,300 steps); the pooled path carries the global statistics of an
+image (colour, brightness, texture) that a per-image embedding can describe. The pooled path's
+last LayerNorm starts at zero, so a UNet trained without it can be fine-tuned with it.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ class TinyBackboneConfig:
 
     vae_channels: tuple[int, ...] = (16, 32, 64, 128)
     vae_layers_per_block: int = 1
-    vae_norm_groups: int = 8
+    vae_norm_groups: int = 8  # keep >= 4 channels per group: 2 per group removes colour from full images
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = 1
@@ -37,6 +45,7 @@ class TinyBackboneConfig:
     n_tokens: int = 8
     cond_dim: int = 128
     sample_size: int = 32
+    global_cond_heads: int = 0  # > 0: pooled-token path into the time embedding (module docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +57,7 @@ TEST_CONFIG = TinyBackboneConfig(
     vae_norm_groups=4,
     unet_channels=(16, 32),
     unet_norm_groups=8,
+    global_cond_heads=2,
     attention_head_dim=8,
     n_tokens=4,
     cond_dim=16,
@@ -74,11 +84,14 @@ def build_vae(cfg: TinyBackboneConfig) -> AutoencoderKL:
 
 
 def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
-    """A ``UNet2DConditionModel`` with cross-attention on all but the finest level."""
+    """A ``UNet2DConditionModel`` with cross-attention on all but the finest level (and the pooled path when asked)."""
     n = len(cfg.unet_channels)
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
     up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
-    return UNet2DConditionModel(
+    extra = {}
+    if cfg.global_cond_heads > 0:
+        extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": cfg.global_cond_heads}
+    unet = UNet2DConditionModel(
         sample_size=cfg.sample_size,
         in_channels=cfg.latent_channels,
         out_channels=cfg.latent_channels,
@@ -89,7 +102,12 @@ def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
         norm_num_groups=cfg.unet_norm_groups,
         cross_attention_dim=cfg.cond_dim,
         attention_head_dim=cfg.attention_head_dim,
+        **extra,
     )
+    if cfg.global_cond_heads > 0:
+        nn.init.zeros_(unet.add_embedding.norm2.weight)
+        nn.init.zeros_(unet.add_embedding.norm2.bias)
+    return unet
 
 
 def build_scheduler() -> DDIMScheduler:

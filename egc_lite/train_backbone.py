@@ -34,7 +34,7 @@ from torch import nn
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
 
-EGC_TINY_CONFIG = TinyBackboneConfig()
+EGC_TINY_CONFIG = TinyBackboneConfig(vae_norm_groups=4, global_cond_heads=4)
 
 
 @dataclass
@@ -198,8 +198,16 @@ def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
         return {"vae": vae.state_dict(), "step": 0, "opt": None}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
     return {"unet": unet.state_dict(), "ema": unet.state_dict(), "encoder": load_file(folder / "token_encoder.safetensors"),
-            "null_cond": load_file(folder / "null_cond.safetensors")["null_cond"], "step": 0, "opt": None,
-            "latent_scale": float(vae.config.scaling_factor)}
+            "null_cond": load_file(folder / "null_cond.safetensors")["null_cond"], "step": 0, "opt": None}
+
+
+def _load_unet(unet, weights: dict, partial: bool) -> None:
+    """Load UNet weights; ``partial`` (a start from exported weights) lets modules that the older
+    architecture lacked (the pooled-token path) keep their zero initialisation."""
+    missing, unexpected = unet.load_state_dict(weights, strict=not partial)
+    new = [k for k in missing if not k.startswith("add_embedding.")]
+    if unexpected or new:
+        raise ValueError(f"UNet weights do not fit this architecture: missing {new[:5]}, unexpected {unexpected[:5]}")
 
 
 # ---------------------------------------------------------------------------------- phases
@@ -245,16 +253,16 @@ def train(cfg: BackboneTrainConfig) -> Path:
         vae.requires_grad_(False).eval().to(dev)
         model = DenoisingLoss(comps.unet, ImageTokenEncoder(cfg.arch), comps.null_cond, comps.scheduler.alphas_cumprod, cfg.p_uncond)
         if state is not None:
-            model.unet.load_state_dict(state["unet"])
+            _load_unet(model.unet, state["unet"], partial=state["opt"] is None)
             model.encoder.load_state_dict(state["encoder"])
             model.null_cond.data.copy_(state["null_cond"])
         ema = copy.deepcopy(model.unet).requires_grad_(False).to(dev)
         if state is not None:
-            ema.load_state_dict(state["ema"])
+            _load_unet(ema, state["ema"], partial=state["opt"] is None)
         bank = latent_bank(vae, sampler, ckpt / "latents.pt", dev) if acc.is_main_process else None
         acc.wait_for_everyone()
         bank = bank or torch.load(ckpt / "latents.pt", map_location="cpu", weights_only=False)
-        latent_scale = state["latent_scale"] if state is not None else float(1.0 / torch.cat([z.flatten() for z in bank]).std())
+        latent_scale = (state or {}).get("latent_scale") or float(1.0 / torch.cat([z.flatten() for z in bank]).std())
         extra = {"latent_scale": latent_scale}
     else:
         raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,24 @@ def test_train_resume_export_load_and_decode(tmp_path, tiny_backbone):
     assert main(["train", "diffeic-export", "--ckpt", str(ckpt)]) == 2  # neither --out nor --quality
     with pytest.raises(ModelNotFoundError, match="checkpoint"):
         export_diffeic(tmp_path / "none", tmp_path / "out")
+
+
+def test_init_from_another_rate_point(tmp_path, tiny_backbone):
+    photos = _photos(tmp_path / "photos")
+    common = dict(data_dir=str(photos), batch_size=2, crop=64, steps=1, log_every=1)
+    src = tmp_path / "lambda1"
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(src), model=DiffEICConfig(N=8, M=8, lmbda=1.0), **common), tiny_backbone)
+    dst = tmp_path / "lambda8"
+    cfg = DiffEICTrainConfig(ckpt_dir=str(dst), model=DiffEICConfig(N=8, M=8, lmbda=8.0), init_from=str(src), **common)
+    train_diffeic(replace(cfg, steps=0), tiny_backbone)  # zero steps: the source's weights under the new lambda
+    a, b = (torch.load(p / "diffeic.pt", weights_only=False) for p in (src, dst))
+    assert b["step"] == 0 and b["config"]["model"]["lmbda"] == 8.0
+    assert all(torch.equal(a["model"][k], v) for k, v in b["model"].items())
+    wider = DiffEICTrainConfig(ckpt_dir=str(tmp_path / "wider"), model=DiffEICConfig(N=8, M=16, lmbda=8.0), init_from=str(src), **common)
+    with pytest.raises(ParameterError, match="only lmbda may differ"):
+        train_diffeic(wider, tiny_backbone)
+    with pytest.raises(ModelNotFoundError, match="no DiffEIC checkpoint"):
+        train_diffeic(DiffEICTrainConfig(ckpt_dir=str(tmp_path / "x"), model=DiffEICConfig(N=8, M=8), init_from=str(tmp_path / "none"), **common), tiny_backbone)
 
 
 @pytest.mark.slow

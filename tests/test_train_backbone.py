@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 from PIL import Image
 
 from egc_lite.backbone import load_backbone
 from egc_lite.sampling import SamplerConfig, ddim_sample
-from egc_lite.tiny import TEST_CONFIG
-from egc_lite.train_backbone import BackboneTrainConfig, export_backbone, train
+from egc_lite.tiny import TEST_CONFIG, build_unet
+from egc_lite.train_backbone import BackboneTrainConfig, _load_unet, export_backbone, train
 
 
 def test_two_steps_per_phase_resume_and_export(tmp_path):
@@ -45,4 +47,16 @@ def test_two_steps_per_phase_resume_and_export(tmp_path):
     again = dict(common, ckpt_dir=str(fresh), init_from=str(out))
     train(BackboneTrainConfig(phase="unet", steps=1, **again))
     resumed = torch.load(fresh / "unet.pt", weights_only=False)
-    assert resumed["step"] == 1 and abs(resumed["latent_scale"] - b.latent_scale) < 1e-6
+    assert resumed["step"] == 1 and abs(resumed["latent_scale"] / b.latent_scale - 1) < 1e-2
+
+
+def test_unet_weights_of_an_older_architecture_keep_the_new_pooled_path_at_zero():
+    old = build_unet(replace(TEST_CONFIG, global_cond_heads=0))
+    new = build_unet(TEST_CONFIG)
+    _load_unet(new, old.state_dict(), partial=True)
+    assert torch.equal(new.conv_in.weight, old.conv_in.weight)
+    assert not new.add_embedding.norm2.weight.any() and not new.add_embedding.norm2.bias.any()
+    with pytest.raises(RuntimeError):  # a resumed checkpoint must fit exactly
+        _load_unet(build_unet(TEST_CONFIG), old.state_dict(), partial=False)
+    with pytest.raises(ValueError, match="do not fit"):
+        _load_unet(old, new.state_dict(), partial=True)
