@@ -709,4 +709,25 @@ def export_diffeic(ckpt: str | Path, out_dir: str | Path) -> Path:
     model = DiffEICModel(cfg, state["unet"], state["latent_channels"], state["vae_factor"])
     model.load_state_dict(state["model"])
     model.eval()
-    return save_diffeic(model, out_dir, state["backbone_id"], extra={"steps": state["step"], "lmbda": cfg.lmbda})
+    training = {"steps": state["step"], "lmbda": cfg.lmbda, "init_from": state["config"].get("init_from"),
+                **_log_summary(p.parent / "diffeic_log.jsonl")}
+    return save_diffeic(model, out_dir, state["backbone_id"], extra={"steps": state["step"], "lmbda": cfg.lmbda, "training": training})
+
+
+def _log_summary(log: Path, last: int = 8) -> dict:
+    """Training minutes and the mean of the last ``last`` logged losses (for the model card)."""
+    if not log.is_file():
+        return {}
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not records:
+        return {}
+    tail = records[-last:]
+    keys = [k for k in tail[-1] if k not in ("step", "minutes")]
+    return {"minutes": round(sum(r["minutes"] for r in _run_ends(records)), 1),
+            "final_losses": {k: sum(r[k] for r in tail) / len(tail) for k in keys}}
+
+
+def _run_ends(records: list[dict]) -> list[dict]:
+    """The last record of each training run in a log (``minutes`` restarts when a run resumes)."""
+    ends = [a for a, b in zip(records, records[1:]) if b["minutes"] < a["minutes"]]
+    return ends + records[-1:]

@@ -23,7 +23,7 @@ last LayerNorm starts at zero, so a UNet trained without it can be fine-tuned wi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -202,7 +202,7 @@ def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_C
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    comps = build_components(cfg, seed=seed)
+    comps = build_components(replace(cfg, global_cond_heads=0), seed=seed)  # SD's UNet has no pooled path
     comps.vae.save_pretrained(folder / "vae", safe_serialization=True)
     comps.unet.save_pretrained(folder / "unet", safe_serialization=True)
     comps.scheduler.save_pretrained(folder / "scheduler")

@@ -148,6 +148,8 @@ def test_train_resume_export_load_and_decode(tmp_path, tiny_backbone):
     assert all(r["bpp"] > 0 and r["mse"] > 0 and r["align"] >= 0 and "aux" in r for r in log)
     assert all(torch.equal(before[k], v) for k, v in tiny_backbone.unet.state_dict().items())  # backbone frozen
     assert main(["train", "diffeic-export", "--ckpt", str(ckpt), "--out", str(tmp_path / "q1")]) == 0
+    training = json.loads((tmp_path / "q1" / "config.json").read_text())["training"]
+    assert training["steps"] == 3 and training["minutes"] >= 0 and set(training["final_losses"]) >= {"loss", "bpp", "mse", "align"}
     loaded = load_diffeic(tmp_path / "q1", tiny_backbone)
     codec = DiffEICCodec(tiny_backbone, model=loaded)
     x = torch.rand(3, 64, 64)
