@@ -44,8 +44,9 @@ def main() -> None:
         y8 = pil_to_tensor(tensor_to_pil(y))
         ps.append(psnr(y8, x))
         ms.append(ms_ssim(y8, x))
-    print(f"VAE reconstruction, {len(paths)} Kodak images at full size: PSNR {sum(ps) / len(ps):.2f} dB, "
-          f"MS-SSIM {sum(ms) / len(ms):.4f} (min PSNR {min(ps):.2f}, max {max(ps):.2f})")
+    if ps:
+        print(f"VAE reconstruction, {len(paths)} Kodak images at full size: PSNR {sum(ps) / len(ps):.2f} dB, "
+              f"MS-SSIM {sum(ms) / len(ms):.4f} (min PSNR {min(ps):.2f}, max {max(ps):.2f})")
 
     ratios = []
     for p in paths[: args.inversion_images]:
