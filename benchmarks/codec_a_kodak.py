@@ -21,7 +21,6 @@ from egc_lite.backbone import load_backbone
 from egc_lite.bitstream import encode_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.data import load_kodak
-from egc_lite.demo import side_by_side
 from egc_lite.evaluate import ResultTable, add_reference_rows, score
 from egc_lite.progress import set_progress
 
@@ -55,13 +54,10 @@ def main() -> None:
                 rows[name] = table.add(rate, name, score(outs[name], x, rate_bpp, t_enc, time.perf_counter() - t0, rate_bpp > target))
             outs.update(add_reference_rows(table, rate, x, target))
             if k == 0:
-                args.figures.mkdir(parents=True, exist_ok=True)
-                labels = ["original"] + [f"{n}: {table.rows[(rate, n)][-1].bpp:.3f} bpp {table.rows[(rate, n)][-1].psnr:.1f} dB" for n in outs]
-                side_by_side([x, *outs.values()], labels).save(args.figures / f"codec_a_kodim{idx:02d}_{target:g}bpp.png")
+                table.save_side_by_side(rate, x, outs, args.figures / f"codec_a_kodim{idx:02d}_{target:g}bpp.png")
             print(f"kodim{idx:02d} @ {target}: textinv {rate_bpp:.4f} bpp, {rows['textinv'].psnr:.2f} dB "
                   f"(s_c=0: {rows['textinv s_c=0'].psnr:.2f} dB), enc {t_enc:.0f} s, dec {rows['textinv'].dec_s:.0f} s", flush=True)
-    print(f"\n{args.backbone}, Kodak images {args.images}, CPU {torch.get_num_threads()} threads")
-    print(table.format())
+    print("\n" + table.format(f"{args.backbone}, Kodak images {args.images}, CPU {torch.get_num_threads()} threads"))
 
 
 if __name__ == "__main__":

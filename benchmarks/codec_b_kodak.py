@@ -23,7 +23,6 @@ from egc_lite.backbone import load_backbone
 from egc_lite.bitstream import encode_bitstream
 from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec
 from egc_lite.data import load_kodak
-from egc_lite.demo import side_by_side
 from egc_lite.evaluate import ResultTable, add_reference_rows, score
 from egc_lite.progress import set_progress
 
@@ -70,14 +69,11 @@ def main() -> None:
                 a_bpp = 8 * len(encode_bitstream(bs)) / (x.shape[1] * x.shape[2])
                 table.add(rate, "textinv", score(outs["textinv"], x, a_bpp, t_enc, time.perf_counter() - t0, a_bpp > reached))
             if k == 0:
-                args.figures.mkdir(parents=True, exist_ok=True)
-                labels = ["original"] + [f"{n}: {table.rows[(rate, n)][-1].bpp:.3f} bpp {table.rows[(rate, n)][-1].psnr:.1f} dB" for n in outs]
-                side_by_side([x, *outs.values()], labels).save(args.figures / f"codec_b_kodim{idx:02d}_q{q}.png")
+                table.save_side_by_side(rate, x, outs, args.figures / f"codec_b_kodim{idx:02d}_q{q}.png")
             r = table.rows[(rate, "diffeic")][-1]
             print(f"kodim{idx:02d} q{q}: {r.bpp:.4f} bpp, {r.psnr:.2f} dB, MS-SSIM {r.ms_ssim:.3f}, enc {r.enc_s:.2f} s, "
                   f"dec {r.dec_s:.1f} s", flush=True)
-    print(f"\n{args.backbone}, Kodak images {args.images}, CPU {torch.get_num_threads()} threads")
-    print(table.format())
+    print("\n" + table.format(f"{args.backbone}, Kodak images {args.images}, CPU {torch.get_num_threads()} threads"))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,9 +47,19 @@ class ResultTable:
         self.rows[(rate, codec)].append(row)
         return row
 
-    def format(self) -> str:
-        """Means per group as a Markdown table (timings left blank where not measured)."""
-        lines = ["| rate | codec | bpp | PSNR | MS-SSIM | enc s | dec s | missed target |", "|---|---|---|---|---|---|---|---|"]
+    def save_side_by_side(self, rate: str, x: torch.Tensor, outs: dict[str, torch.Tensor], path: Path) -> Path:
+        """Write the original and the reconstructions ``outs`` (named as in the table, rate ``rate``)
+        side by side, each captioned with its latest row's bpp and PSNR."""
+        from .demo import side_by_side
+
+        labels = ["original"] + [f"{n}: {self.rows[(rate, n)][-1].bpp:.3f} bpp {self.rows[(rate, n)][-1].psnr:.1f} dB" for n in outs]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        side_by_side([x, *outs.values()], labels).save(path)
+        return path
+
+    def format(self, title: str = "") -> str:
+        """Means per group as a Markdown table (timings left blank where not measured), under ``title``."""
+        lines = ([title, ""] if title else []) + ["| rate | codec | bpp | PSNR | MS-SSIM | enc s | dec s | missed target |", "|---|---|---|---|---|---|---|---|"]
         for (rate, codec), rs in self.rows.items():
             def mean(key: str, rs: list[Row] = rs) -> float:
                 return sum(getattr(r, key) for r in rs) / len(rs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
 from egc_lite.baselines import classic_available
 from egc_lite.evaluate import ResultTable, Row, add_reference_rows, score
@@ -27,7 +28,7 @@ def test_table_groups_means_and_misses():
     assert lines[3] == "| 0.05 | webp | 0.0700 | 25.00 | 0.9500 |  |  | 1/1 |"
 
 
-def test_reference_rows_stay_near_the_target(smooth_image):
+def test_reference_rows_stay_near_the_target(smooth_image, tmp_path):
     x = smooth_image(128, 192)
     t = ResultTable()
     outs = add_reference_rows(t, "0.3", x, 0.3)
@@ -37,3 +38,7 @@ def test_reference_rows_stay_near_the_target(smooth_image):
     for (rate, _name), rows in t.rows.items():
         assert rate == "0.3" and len(rows) == 1
         assert rows[0].missed or rows[0].bpp <= 0.3
+    png = t.save_side_by_side("0.3", x, outs, tmp_path / "figs" / "side.png")
+    with Image.open(png) as im:
+        assert im.width >= (1 + len(outs)) * 192 and im.height > 128
+    assert t.format("title").splitlines()[0] == "title"

@@ -31,7 +31,8 @@ NOTEBOOK_PARAMETERS: dict[str, dict] = {
     "02_compression_guidance.ipynb": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2,
                                       "sc_values": [0, 0.2], "sf_values": [1, 2], "n_samples": 2, "save_figures": False},
     # 03 and 04 train a DiffEIC model for train_steps steps when no shipped rate point fits the backbone.
-    "03_entropy_coding.ipynb": {"backbone": "egc-tiny", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
+    # 03 trains its own two-step model (the path taken where no rate point is shipped); 04 uses the shipped ones
+    "03_entropy_coding.ipynb": {"backbone": "egc-tiny", "rate_points": "train", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
                                 "train_crop": 64, "fit_steps": 20, "fit_photos": 2, "save_figures": False},
     "04_control_module.ipynb": {"backbone": "egc-tiny", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
                                 "train_crop": 64, "steps": 2, "n_samples": 2, "save_figures": False},
