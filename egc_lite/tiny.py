@@ -13,11 +13,12 @@ with. At compression time the encoder is not used: codec A inverts the embedding
 
 With ``global_cond_heads > 0`` the embedding also reaches every ResNet block through the time
 embedding: the UNet is built with diffusers' ``addition_embed_type="text"`` (attention pooling of
-the tokens, added to the timestep embedding, as Kandinsky/DeepFloyd-IF UNets do). Cross-attention
-alone learned to use the tokens too slowly on a CPU budget (an inverted embedding lowered the
-denoising loss by 0.1% after 1,300 steps); the pooled path carries the global statistics of an
-image (colour, brightness, texture) that a per-image embedding can describe. The pooled path's
-last LayerNorm starts at zero, so a UNet trained without it can be fine-tuned with it.
+the tokens, added to the timestep embedding, as Kandinsky/DeepFloyd-IF UNets do), to carry the
+global statistics of an image (colour, brightness, texture) that a per-image embedding can
+describe. The pooled path's last LayerNorm starts at zero, so a UNet trained without it can be
+fine-tuned with it. Measured on egc-tiny: an inverted embedding lowered the denoising loss by 0.1%
+with cross-attention alone (and 2-channel heads, see :func:`build_unet`), by 1.0% after a 1,700-step
+fine-tune with both fixes: the conditioning is still hardly used.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class TinyBackboneConfig:
 
     vae_channels: tuple[int, ...] = (16, 32, 64, 128)
     vae_layers_per_block: int = 1
-    vae_norm_groups: int = 8  # keep >= 4 channels per group: 2 per group removes colour from full images
+    vae_norm_groups: int = 4  # keep >= 4 channels per group: 2 per group removed colour from full images
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = 1

@@ -34,7 +34,7 @@ from torch import nn
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
 
-EGC_TINY_CONFIG = TinyBackboneConfig(vae_norm_groups=4, global_cond_heads=4)
+EGC_TINY_CONFIG = TinyBackboneConfig(global_cond_heads=4)
 
 
 @dataclass
