@@ -709,7 +709,8 @@ def export_diffeic(ckpt: str | Path, out_dir: str | Path) -> Path:
     model = DiffEICModel(cfg, state["unet"], state["latent_channels"], state["vae_factor"])
     model.load_state_dict(state["model"])
     model.eval()
-    training = {"steps": state["step"], "lmbda": cfg.lmbda, "init_from": state["config"].get("init_from"),
+    source = state["config"].get("init_from")
+    training = {"steps": state["step"], "lmbda": cfg.lmbda, "init_from": Path(source).name if source else None,
                 **_log_summary(p.parent / "diffeic_log.jsonl")}
     return save_diffeic(model, out_dir, state["backbone_id"], extra={"steps": state["step"], "lmbda": cfg.lmbda, "training": training})
 
