@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from egc_lite.backbone import load_backbone
-from egc_lite.bitstream import encode_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.data import load_kodak
 from egc_lite.evaluate import ResultTable, add_reference_rows, score
@@ -45,7 +44,7 @@ def main() -> None:
             t0 = time.perf_counter()
             bs = codec.compress(x, CompressOptions(bpp=target, steps=args.steps, inversion_steps=args.inversion_steps))
             t_enc = time.perf_counter() - t0
-            rate_bpp = 8 * len(encode_bitstream(bs)) / (x.shape[1] * x.shape[2])
+            rate_bpp = bs.bpp()
             cfg, *_ = codec.decode_parameters(bs)
             outs, rows = {}, {}
             for name, g in (("textinv", cfg.guidance), ("textinv s_c=0", replace(cfg.guidance, scale=0.0))):

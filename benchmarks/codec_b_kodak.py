@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from egc_lite.backbone import load_backbone
-from egc_lite.bitstream import encode_bitstream
 from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec
 from egc_lite.data import load_kodak
 from egc_lite.evaluate import ResultTable, add_reference_rows, score
@@ -54,7 +53,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 bs = codec.compress(x, CompressOptions(quality=q, steps=args.steps, start_step=start))
                 t_enc = time.perf_counter() - t0
-                rate_bpp = 8 * len(encode_bitstream(bs)) / (x.shape[1] * x.shape[2])
+                rate_bpp = bs.bpp()
                 t0 = time.perf_counter()
                 outs[name] = codec.decompress(bs)
                 table.add(rate, name, score(outs[name], x, rate_bpp, t_enc, time.perf_counter() - t0))
@@ -66,7 +65,7 @@ def main() -> None:
                 t_enc = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 outs["textinv"] = codec_a.decompress(bs)
-                a_bpp = 8 * len(encode_bitstream(bs)) / (x.shape[1] * x.shape[2])
+                a_bpp = bs.bpp()
                 table.add(rate, "textinv", score(outs["textinv"], x, a_bpp, t_enc, time.perf_counter() - t0, a_bpp > reached))
             if k == 0:
                 table.save_side_by_side(rate, x, outs, args.figures / f"codec_b_kodim{idx:02d}_q{q}.png")
