@@ -50,6 +50,7 @@ class BackboneTrainConfig:
     lr: float = 4e-4
     kl_weight: float = 1e-6
     p_uncond: float = 0.15
+    snr_gamma: float | None = None  # Min-SNR weighting of the UNet loss (Hang et al. 2023); None: plain eps-MSE
     ema_decay: float = 0.999
     seed: int = 0
     log_every: int = 25
@@ -167,22 +168,41 @@ class ReconstructionLoss(nn.Module):
 
 
 class DenoisingLoss(nn.Module):
-    """Phase 3 objective: :math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`, ``e`` from the token encoder
-    or the null embedding (probability ``p_uncond``)."""
+    """Phase 3 objective: :math:`w_t\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`, ``e`` from the token encoder
+    or the null embedding (probability ``p_uncond``).
 
-    def __init__(self, unet, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float) -> None:
+    ``snr_gamma`` sets the Min-SNR weight :math:`w_t=\\min(\\mathrm{SNR}_t,\\gamma)/\\mathrm{SNR}_t` (Hang et al.
+    2023, eq. 13 for eps-prediction), :math:`\\mathrm{SNR}_t=\\bar\\alpha_t/(1-\\bar\\alpha_t)`; it lowers the weight
+    of the nearly clean timesteps, whose loss is image detail that no embedding can predict, so
+    more of the gradient goes to the content-forming timesteps where the conditioning matters.
+    ``None`` gives the plain loss (:math:`w_t=1`).
+    """
+
+    def __init__(self, unet, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float,
+                 snr_gamma: float | None = None) -> None:
         super().__init__()
         self.unet, self.encoder = unet, encoder
         self.null_cond = nn.Parameter(null_cond.clone())
         self.register_buffer("alphas", alphas.clone())
         self.p_uncond = p_uncond
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be positive (5 is the paper's choice) or None, not {snr_gamma}")
+        self.snr_gamma = snr_gamma
+
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights :math:`w_t` (ones without ``snr_gamma``)."""
+        if self.snr_gamma is None:
+            return torch.ones(t.shape, device=t.device)
+        snr = self.alphas[t] / (1 - self.alphas[t])
+        return snr.clamp(max=self.snr_gamma) / snr
 
     def forward(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         cond = self.encoder(z0)
         cond = torch.where(drop.view(-1, 1, 1), self.null_cond.expand_as(cond), cond)
         a = self.alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        return F.mse_loss(self.unet(zt, t, encoder_hidden_states=cond).sample, eps)
+        per_sample = (self.unet(zt, t, encoder_hidden_states=cond).sample - eps).pow(2).mean(dim=(1, 2, 3))
+        return (self.weights(t) * per_sample).mean()
 
 
 def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
@@ -251,7 +271,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
     elif cfg.phase == "unet":
         vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
         vae.requires_grad_(False).eval().to(dev)
-        model = DenoisingLoss(comps.unet, ImageTokenEncoder(cfg.arch), comps.null_cond, comps.scheduler.alphas_cumprod, cfg.p_uncond)
+        model = DenoisingLoss(comps.unet, ImageTokenEncoder(cfg.arch), comps.null_cond, comps.scheduler.alphas_cumprod, cfg.p_uncond,
+                              cfg.snr_gamma)
         if state is not None:
             _load_unet(model.unet, state["unet"], partial=state["opt"] is None)
             model.encoder.load_state_dict(state["encoder"])
@@ -271,6 +292,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     if state is not None and state.get("opt") is not None:
         opt.load_state_dict(state["opt"])
+        for group in opt.param_groups:  # a resumed run takes this run's learning rate
+            group["lr"] = cfg.lr
     model, opt = acc.prepare(model, opt)
     n_train = comps.scheduler.config.num_train_timesteps
     running = 0.0

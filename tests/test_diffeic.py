@@ -177,6 +177,14 @@ def test_init_from_another_rate_point(tmp_path, tiny_backbone):
         train_diffeic(wider, tiny_backbone)
     with pytest.raises(ModelNotFoundError, match="no DiffEIC checkpoint"):
         train_diffeic(DiffEICTrainConfig(ckpt_dir=str(tmp_path / "x"), model=DiffEICConfig(N=8, M=8), init_from=str(tmp_path / "none"), **common), tiny_backbone)
+    # a rate point carries over to a retrained backbone of the same architecture, not to another one
+    retrained = dict(a, backbone_id="retrained")
+    torch.save(retrained, tmp_path / "retrained.pt")
+    moved = train_diffeic(replace(cfg, ckpt_dir=str(tmp_path / "moved"), init_from=str(tmp_path / "retrained.pt"), steps=0), tiny_backbone)
+    assert torch.load(moved, weights_only=False)["backbone_id"] == tiny_backbone.backbone_id
+    torch.save(dict(a, unet={**a["unet"], "block_out_channels": [64, 128]}), tmp_path / "other_arch.pt")
+    with pytest.raises(ParameterError, match="another UNet architecture"):
+        train_diffeic(replace(cfg, ckpt_dir=str(tmp_path / "y"), init_from=str(tmp_path / "other_arch.pt")), tiny_backbone)
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from PIL import Image
 
 from egc_lite.backbone import load_backbone
 from egc_lite.sampling import SamplerConfig, ddim_sample
-from egc_lite.tiny import TEST_CONFIG, build_unet
-from egc_lite.train_backbone import BackboneTrainConfig, _load_unet, export_backbone, train
+from egc_lite.tiny import TEST_CONFIG, ImageTokenEncoder, build_components, build_unet
+from egc_lite.train_backbone import BackboneTrainConfig, DenoisingLoss, _load_unet, export_backbone, train
 
 
 def test_two_steps_per_phase_resume_and_export(tmp_path):
@@ -27,14 +27,15 @@ def test_two_steps_per_phase_resume_and_export(tmp_path):
     train(BackboneTrainConfig(phase="vae", steps=2, **common))
     first = torch.load(ckpt / "vae.pt", weights_only=False)
     assert first["step"] == 2
-    train(BackboneTrainConfig(phase="vae", steps=3, **common))  # resumes from step 2
-    assert torch.load(ckpt / "vae.pt", weights_only=False)["step"] == 3
+    train(BackboneTrainConfig(phase="vae", steps=3, lr=1e-3, **common))  # resumes from step 2, at the new rate
+    resumed_vae = torch.load(ckpt / "vae.pt", weights_only=False)
+    assert resumed_vae["step"] == 3 and all(g["lr"] == 1e-3 for g in resumed_vae["opt"]["param_groups"])
     assert len((ckpt / "vae_log.jsonl").read_text().splitlines()) == 3
     train(BackboneTrainConfig(phase="decoder", steps=2, **common))
     dec = torch.load(ckpt / "decoder.pt", weights_only=False)
     enc_keys = [k for k in dec["vae"] if k.startswith("encoder.")]
     assert all(torch.equal(dec["vae"][k], torch.load(ckpt / "vae.pt", weights_only=False)["vae"][k]) for k in enc_keys)
-    train(BackboneTrainConfig(phase="unet", steps=2, **common))
+    train(BackboneTrainConfig(phase="unet", steps=2, snr_gamma=5.0, **common))
     log = [json.loads(line) for line in (ckpt / "unet_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(r["loss"] > 0 for r in log)
     out = export_backbone(ckpt, tmp_path / "exported")
@@ -60,3 +61,21 @@ def test_unet_weights_of_an_older_architecture_keep_the_new_pooled_path_at_zero(
         _load_unet(build_unet(TEST_CONFIG), old.state_dict(), partial=False)
     with pytest.raises(ValueError, match="do not fit"):
         _load_unet(old, new.state_dict(), partial=True)
+
+
+def test_min_snr_weights_lower_only_the_nearly_clean_timesteps():
+    comps = build_components(TEST_CONFIG)
+    alphas = comps.scheduler.alphas_cumprod
+    encoder = ImageTokenEncoder(TEST_CONFIG)
+    plain = DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1)
+    weighted = DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1, snr_gamma=5.0)
+    t = torch.tensor([0, 100, 300, 600, 999])
+    assert torch.equal(plain.weights(t), torch.ones(5))
+    w = weighted.weights(t)
+    assert w[0] < 0.01 and torch.all(w[1:] >= w[:-1]) and w[-1] == 1.0  # grows with t, 1 once SNR <= gamma
+    z0, eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.randn(2, 4, 8, 8)
+    late, keep = torch.tensor([999, 999]), torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(plain(z0, late, eps, keep), weighted(z0, late, eps, keep))
+    with pytest.raises(ValueError, match="snr_gamma"):
+        DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1, snr_gamma=0.0)
