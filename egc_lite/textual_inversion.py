@@ -185,19 +185,26 @@ def dequantize_embedding(backbone: Backbone, symbols: torch.Tensor, token_start:
 
 
 @torch.no_grad()
-def denoising_loss(backbone: Backbone, z0: torch.Tensor, cond: torch.Tensor, n_timesteps: int = 10, seed: int = 1234) -> float:
-    """Mean :math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` over an even grid of timesteps (fixed noise)."""
+def denoising_loss_by_timestep(backbone: Backbone, z0: torch.Tensor, cond: torch.Tensor, n_timesteps: int = 10,
+                               seed: int = 1234) -> list[tuple[int, float]]:
+    """:math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` at each timestep of an even grid (fixed noise), as
+    ``(t, loss)`` pairs: where along the chain an embedding helps."""
     n_train = backbone.scheduler.config.num_train_timesteps
     ts = torch.linspace(0, n_train - 1, n_timesteps).round().long()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     z0 = z0.to(backbone.device, torch.float32)
-    total = 0.0
+    out = []
     for t in ts:
         eps = torch.randn(z0.shape, generator=gen).to(z0)
         zt = _noisy(backbone, z0, t.view(1).to(backbone.device), eps)
         pred = backbone.unet(zt.to(backbone.dtype), t.view(1).to(backbone.device), encoder_hidden_states=cond.to(backbone.device, backbone.dtype)).sample
-        total += float((pred.float() - eps).pow(2).mean())
-    return total / n_timesteps
+        out.append((int(t), float((pred.float() - eps).pow(2).mean())))
+    return out
+
+
+def denoising_loss(backbone: Backbone, z0: torch.Tensor, cond: torch.Tensor, n_timesteps: int = 10, seed: int = 1234) -> float:
+    """Mean :math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` over an even grid of timesteps (fixed noise)."""
+    return sum(loss for _, loss in denoising_loss_by_timestep(backbone, z0, cond, n_timesteps, seed)) / n_timesteps
 
 
 def expected_bits_per_value(sigma_over_delta: float) -> float:

@@ -9,6 +9,7 @@ from egc_lite.textual_inversion import (
     EmbeddingPrior,
     InversionConfig,
     denoising_loss,
+    denoising_loss_by_timestep,
     dequantize_embedding,
     invert_embedding,
     quantize_embedding,
@@ -26,6 +27,14 @@ def test_inversion_lowers_denoising_loss_below_null(tiny_backbone, crop):
     res = invert_embedding(tiny_backbone, z0, InversionConfig(steps=40, lr=0.1, lmbda=0.0, batch=4, crop=crop))
     assert len(res.losses) == 40
     assert denoising_loss(tiny_backbone, z0, res.embedding) < denoising_loss(tiny_backbone, z0, tiny_backbone.null_cond)
+
+
+def test_denoising_loss_is_the_mean_of_its_timestep_curve(tiny_backbone):
+    z0 = _latent(tiny_backbone)
+    curve = denoising_loss_by_timestep(tiny_backbone, z0, tiny_backbone.null_cond, n_timesteps=5)
+    ts = [t for t, _ in curve]
+    assert ts[0] == 0 and ts[-1] == tiny_backbone.scheduler.config.num_train_timesteps - 1 and ts == sorted(ts)
+    assert denoising_loss(tiny_backbone, z0, tiny_backbone.null_cond, 5) == pytest.approx(sum(v for _, v in curve) / 5)
 
 
 def test_rate_term_lowers_the_rate(tiny_backbone):
