@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--crop", type=int, default=128)
     tb.add_argument("--lr", type=float, default=4e-4, help="learning rate (a resumed run switches to it)")
     tb.add_argument("--snr-gamma", type=float, default=None, help="unet phase: Min-SNR loss weight gamma (egc-tiny used 5)")
+    tb.add_argument("--cond-lr-scale", type=float, default=1.0, help="unet phase: learning-rate factor of the conditioning path")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--max-minutes", type=float, default=None)
     tb.add_argument("--threads", type=int, default=None)
@@ -189,7 +190,8 @@ def cmd_train(args) -> int:
         cfg = BackboneTrainConfig(phase=args.phase, ckpt_dir=args.ckpt, data_dir=args.data, steps=args.steps,
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device,
-                                  init_from=args.init_from, snr_gamma=args.snr_gamma)
+                                  init_from=args.init_from, snr_gamma=args.snr_gamma,
+                                  cond_lr_scale=args.cond_lr_scale)
         print(train(cfg))
         return 0
     if args.what == "textinv-prior":

@@ -51,6 +51,7 @@ class BackboneTrainConfig:
     kl_weight: float = 1e-6
     p_uncond: float = 0.15
     snr_gamma: float | None = None  # Min-SNR weighting of the UNet loss (Hang et al. 2023); None: plain eps-MSE
+    cond_lr_scale: float = 1.0  # unet phase: learning-rate factor of the conditioning path (_is_conditioning)
     ema_decay: float = 0.999
     seed: int = 0
     log_every: int = 25
@@ -230,6 +231,42 @@ def _load_unet(unet, weights: dict, partial: bool) -> None:
         raise ValueError(f"UNet weights do not fit this architecture: missing {new[:5]}, unexpected {unexpected[:5]}")
 
 
+def _is_conditioning(name: str) -> bool:
+    """Parameters of the conditioning path: token encoder, null embedding, cross-attention, pooled path."""
+    return name.startswith(("encoder.", "null_cond", "unet.add_embedding.")) or ".attn2." in name
+
+
+def _param_groups(model: nn.Module, cfg: BackboneTrainConfig) -> list[dict]:
+    """AdamW groups: everything at ``lr``; in the unet phase the conditioning path in a second group
+    at ``lr * cond_lr_scale``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.phase != "unet":
+        return [{"params": [p for _, p in named], "lr": cfg.lr}]
+    return [{"params": [p for n, p in named if not _is_conditioning(n)], "lr": cfg.lr},
+            {"params": [p for n, p in named if _is_conditioning(n)], "lr": cfg.lr * cfg.cond_lr_scale}]
+
+
+def _regroup_optimizer_state(saved: dict, model: nn.Module, groups: list[dict]) -> dict:
+    """A saved optimizer state laid out for ``groups``: checkpoints written with all parameters in
+    one group (before the conditioning group existed) are split, moments kept."""
+    if len(saved["param_groups"]) == len(groups):
+        return saved
+    if len(saved["param_groups"]) != 1:
+        raise ValueError(f"optimizer state with {len(saved['param_groups'])} groups does not fit {len(groups)}")
+    old_index = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    hyper = {k: v for k, v in saved["param_groups"][0].items() if k != "params"}
+    state, new_groups, i = {}, [], 0
+    for g in groups:
+        ids = []
+        for p in g["params"]:
+            if old_index[id(p)] in saved["state"]:
+                state[i] = saved["state"][old_index[id(p)]]
+            ids.append(i)
+            i += 1
+        new_groups.append({**hyper, "params": ids})
+    return {"state": state, "param_groups": new_groups}
+
+
 # ---------------------------------------------------------------------------------- phases
 def train(cfg: BackboneTrainConfig) -> Path:
     """Run (or resume) one phase; returns the checkpoint path.
@@ -288,12 +325,13 @@ def train(cfg: BackboneTrainConfig) -> Path:
     else:
         raise ValueError(f"unknown phase {cfg.phase!r}: use vae, decoder or unet")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    groups = _param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     if state is not None and state.get("opt") is not None:
-        opt.load_state_dict(state["opt"])
-        for group in opt.param_groups:  # a resumed run takes this run's learning rate
-            group["lr"] = cfg.lr
+        opt.load_state_dict(_regroup_optimizer_state(state["opt"], model, groups))
+        for group, fresh in zip(opt.param_groups, groups):  # a resumed run takes this run's learning rates
+            group["lr"] = fresh["lr"]
     model, opt = acc.prepare(model, opt)
     n_train = comps.scheduler.config.num_train_timesteps
     running = 0.0

@@ -12,7 +12,15 @@ from PIL import Image
 from egc_lite.backbone import load_backbone
 from egc_lite.sampling import SamplerConfig, ddim_sample
 from egc_lite.tiny import TEST_CONFIG, ImageTokenEncoder, build_components, build_unet
-from egc_lite.train_backbone import BackboneTrainConfig, DenoisingLoss, _load_unet, export_backbone, train
+from egc_lite.train_backbone import (
+    BackboneTrainConfig,
+    DenoisingLoss,
+    _load_unet,
+    _param_groups,
+    _regroup_optimizer_state,
+    export_backbone,
+    train,
+)
 
 
 def test_two_steps_per_phase_resume_and_export(tmp_path):
@@ -79,3 +87,22 @@ def test_min_snr_weights_lower_only_the_nearly_clean_timesteps():
         assert torch.allclose(plain(z0, late, eps, keep), weighted(z0, late, eps, keep))
     with pytest.raises(ValueError, match="snr_gamma"):
         DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1, snr_gamma=0.0)
+
+
+def test_conditioning_group_gets_its_own_rate_and_old_one_group_states_are_split():
+    comps = build_components(TEST_CONFIG)
+    model = DenoisingLoss(comps.unet, ImageTokenEncoder(TEST_CONFIG), comps.null_cond, comps.scheduler.alphas_cumprod, 0.1)
+    one = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    model(z0, torch.tensor([10, 500]), torch.randn_like(z0), torch.tensor([False, True])).backward()
+    one.step()
+    groups = _param_groups(model, BackboneTrainConfig(phase="unet", lr=1e-3, cond_lr_scale=4.0))
+    assert [g["lr"] for g in groups] == [1e-3, 4e-3]
+    cond = {id(p) for p in groups[1]["params"]}
+    assert id(model.null_cond) in cond and id(model.unet.add_embedding.norm2.weight) in cond
+    assert id(model.unet.conv_in.weight) not in cond and any(id(p) in cond for p in model.encoder.parameters())
+    two = torch.optim.AdamW(groups, lr=1e-3)
+    two.load_state_dict(_regroup_optimizer_state(one.state_dict(), model, groups))
+    assert torch.equal(two.state[model.null_cond]["exp_avg"], one.state[model.null_cond]["exp_avg"])
+    assert torch.equal(two.state[model.unet.conv_in.weight]["exp_avg_sq"], one.state[model.unet.conv_in.weight]["exp_avg_sq"])
+    assert len(_param_groups(model, BackboneTrainConfig(phase="decoder"))) == 1
