@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     set_progress(False)
     b = load_backbone(args.backbone, device="cpu")
-    paths = kodak_paths()[: args.images]
+    paths = kodak_paths()[: args.images]  # the VAE's images; the inversion takes its own count
 
     ps, ms = [], []
     for p in paths:
@@ -49,7 +49,7 @@ def main() -> None:
               f"MS-SSIM {sum(ms) / len(ms):.4f} (min PSNR {min(ps):.2f}, max {max(ps):.2f})")
 
     ratios, late_ratios = [], []
-    for p in paths[: args.inversion_images]:
+    for p in kodak_paths()[: args.inversion_images]:
         x = load_image(p)
         xp, _ = pad_to_multiple(x[None], 32)
         with torch.no_grad():
