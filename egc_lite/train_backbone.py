@@ -360,7 +360,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
         if done % cfg.log_every == 0 and acc.is_main_process:
             mean = running / cfg.log_every
             rec = {"step": done, "minutes": (time.time() - start) / 60}
-            rec.update({"loss": mean} if cfg.phase == "unet" else {"mse": mean, "psnr": -10 * math.log10(mean), "kl": float(record["kl"])})
+            rec.update({"loss": mean} if cfg.phase == "unet" else {"mse": mean, "psnr": -10 * math.log10(mean), "kl": float(record["kl"].detach())})
             _log(ckpt, cfg.phase, rec)
         if done % cfg.log_every == 0:
             running = 0.0
