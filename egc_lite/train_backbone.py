@@ -379,7 +379,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------- export
-def _arch(state: dict) -> TinyBackboneConfig:
+def checkpoint_arch(state: dict) -> TinyBackboneConfig:
+    """The architecture a training checkpoint was made with (``EGC_TINY_CONFIG`` when it has none)."""
     arch = state.get("config", {}).get("arch")
     if arch is None:
         return EGC_TINY_CONFIG
@@ -401,7 +402,7 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     out = Path(out_dir) if out_dir else EGC_TINY_DIR
     vae_state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
     unet_state = torch.load(ckpt / "unet.pt", map_location="cpu", weights_only=False)
-    arch = _arch(unet_state)
+    arch = checkpoint_arch(unet_state)
     comps = build_components(arch, seed=0)
     comps.vae.load_state_dict(vae_state["vae"])
     comps.vae.register_to_config(scaling_factor=float(unet_state["latent_scale"]))
