@@ -6,8 +6,8 @@ Loads a ``unet`` phase checkpoint (``unet.pt`` and ``latents.pt`` of `egc train 
 random latent crops of the training photos, compares at each level t the denoising loss
 :math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` under three conditions, with the same noises:
 the null embedding, the token encoder's tokens of that crop, and the tokens of another crop.
-A UNet that uses its conditioning shows "tokens" below "null" and "other crop's" above it; the
-inversion benchmark (`backbone_targets.py`) can only find what this upper-bounds in practice.
+A UNet that uses its conditioning shows "tokens" below "null" and "other crop's" above it.
+(Textual inversion, `backbone_targets.py`, optimizes an embedding per image and can find more.)
 """
 
 from __future__ import annotations

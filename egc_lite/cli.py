@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--steps", type=int, default=1000)
     tb.add_argument("--batch-size", type=int, default=8)
     tb.add_argument("--crop", type=int, default=128)
-    tb.add_argument("--lr", type=float, default=4e-4, help="learning rate (a resumed run switches to it)")
-    tb.add_argument("--snr-gamma", type=float, default=None, help="unet phase: Min-SNR loss weight gamma (egc-tiny used 5)")
+    tb.add_argument("--lr", type=float, default=None,
+                    help="learning rate (default 4e-4 for a new run; a resumed run keeps its checkpoint's rates unless given)")
+    tb.add_argument("--snr-gamma", type=float, default=None, help="unet phase: Min-SNR loss weight gamma (the paper's choice is 5)")
     tb.add_argument("--cond-lr-scale", type=float, default=1.0, help="unet phase: learning-rate factor of the conditioning path")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--max-minutes", type=float, default=None)

@@ -624,7 +624,7 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
     if state is not None:
         model.load_state_dict(state["model"])
     elif cfg.init_from:
-        model.load_state_dict(_init_weights(Path(cfg.init_from), model, cfg.model))
+        model.load_state_dict(_init_weights(Path(cfg.init_from), model))
     model.train()
     loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod).to(dev)
     named = list(model.named_parameters())
@@ -673,7 +673,7 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
     return path
 
 
-def _init_weights(src: Path, model: DiffEICModel, model_cfg: DiffEICConfig) -> dict:
+def _init_weights(src: Path, model: DiffEICModel) -> dict:
     """Weights of another rate point's checkpoint, to fine-tune at a new :math:`\\lambda` (the usual way
     to get several rate points for the price of one long run), or to carry a rate point over to a
     retrained backbone of the same architecture. Everything but ``lmbda`` must match."""
@@ -681,11 +681,13 @@ def _init_weights(src: Path, model: DiffEICModel, model_cfg: DiffEICConfig) -> d
     if not src.is_file():
         raise ModelNotFoundError(f"--init-from {src}: no DiffEIC checkpoint there (train one rate point first)")
     other = torch.load(src, map_location="cpu", weights_only=False)
+    if not isinstance(other, dict) or not {"config", "model", "unet"} <= other.keys():
+        raise ParameterError(f"--init-from {src} is not a DiffEIC training checkpoint (diffeic.pt of `egc train diffeic`)")
     theirs = DiffEICConfig.from_dict(other["config"]["model"])
-    if {**theirs.to_dict(), "lmbda": model_cfg.lmbda} != model_cfg.to_dict():
+    if {**theirs.to_dict(), "lmbda": model.config.lmbda} != model.config.to_dict():
         raise ParameterError(f"--init-from {src} has another architecture ({theirs}); only lmbda may differ")
-    if other.get("unet") != model.unet_cfg or other.get("latent_channels") != model.latent_channels:
-        raise ParameterError(f"--init-from {src} was trained for a backbone of another UNet architecture; "
+    if (other["unet"], other.get("latent_channels"), other.get("vae_factor")) != (model.unet_cfg, model.latent_channels, model.vae_factor):
+        raise ParameterError(f"--init-from {src} was trained for a backbone of another UNet or VAE architecture; "
                              "train this rate point from scratch (no --init-from)")
     return other["model"]
 

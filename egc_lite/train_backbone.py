@@ -35,6 +35,7 @@ from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
 
 EGC_TINY_CONFIG = TinyBackboneConfig(global_cond_heads=4)
+DEFAULT_LR = 4e-4
 
 
 @dataclass
@@ -47,7 +48,7 @@ class BackboneTrainConfig:
     steps: int = 1000
     batch_size: int = 8
     crop: int = 128
-    lr: float = 4e-4
+    lr: float | None = None  # None: DEFAULT_LR for a new run, the checkpoint's rates when resuming
     kl_weight: float = 1e-6
     p_uncond: float = 0.15
     snr_gamma: float | None = None  # Min-SNR weighting of the UNet loss (Hang et al. 2023); None: plain eps-MSE
@@ -175,11 +176,12 @@ class DenoisingLoss(nn.Module):
     ``snr_gamma`` sets the Min-SNR weight :math:`w_t=\\min(\\mathrm{SNR}_t,\\gamma)/\\mathrm{SNR}_t` (Hang et al.
     2023, eq. 13 for eps-prediction), :math:`\\mathrm{SNR}_t=\\bar\\alpha_t/(1-\\bar\\alpha_t)`; it lowers the weight
     of the nearly clean timesteps, whose loss is image detail that no embedding can predict, so
-    more of the gradient goes to the content-forming timesteps where the conditioning matters.
-    ``None`` gives the plain loss (:math:`w_t=1`).
+    more of the gradient goes to the content-forming timesteps where the conditioning matters
+    (with SD's scaled-linear schedule and :math:`\\gamma=5`, only :math:`t<147` is down-weighted).
+    ``None`` gives the plain loss (:math:`w_t=1`); the logged loss is the weighted one.
     """
 
-    def __init__(self, unet, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float,
+    def __init__(self, unet: nn.Module, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float,
                  snr_gamma: float | None = None) -> None:
         super().__init__()
         self.unet, self.encoder = unet, encoder
@@ -240,10 +242,11 @@ def _param_groups(model: nn.Module, cfg: BackboneTrainConfig) -> list[dict]:
     """AdamW groups: everything at ``lr``; in the unet phase the conditioning path in a second group
     at ``lr * cond_lr_scale``."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lr = DEFAULT_LR if cfg.lr is None else cfg.lr
     if cfg.phase != "unet":
-        return [{"params": [p for _, p in named], "lr": cfg.lr}]
-    return [{"params": [p for n, p in named if not _is_conditioning(n)], "lr": cfg.lr},
-            {"params": [p for n, p in named if _is_conditioning(n)], "lr": cfg.lr * cfg.cond_lr_scale}]
+        return [{"params": [p for _, p in named], "lr": lr}]
+    return [{"params": [p for n, p in named if not _is_conditioning(n)], "lr": lr},
+            {"params": [p for n, p in named if _is_conditioning(n)], "lr": lr * cfg.cond_lr_scale}]
 
 
 def _regroup_optimizer_state(saved: dict, model: nn.Module, groups: list[dict]) -> dict:
@@ -327,11 +330,12 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
     groups = _param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     if state is not None and state.get("opt") is not None:
         opt.load_state_dict(_regroup_optimizer_state(state["opt"], model, groups))
-        for group, fresh in zip(opt.param_groups, groups):  # a resumed run takes this run's learning rates
-            group["lr"] = fresh["lr"]
+        if cfg.lr is not None:  # a resumed run given a learning rate switches to it
+            for group, fresh in zip(opt.param_groups, groups):
+                group["lr"] = fresh["lr"]
     model, opt = acc.prepare(model, opt)
     n_train = comps.scheduler.config.num_train_timesteps
     running = 0.0

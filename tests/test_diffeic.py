@@ -181,9 +181,11 @@ def test_init_from_another_rate_point(tmp_path, tiny_backbone):
     retrained = dict(a, backbone_id="retrained")
     torch.save(retrained, tmp_path / "retrained.pt")
     moved = train_diffeic(replace(cfg, ckpt_dir=str(tmp_path / "moved"), init_from=str(tmp_path / "retrained.pt"), steps=0), tiny_backbone)
-    assert torch.load(moved, weights_only=False)["backbone_id"] == tiny_backbone.backbone_id
+    moved_state = torch.load(moved, weights_only=False)
+    assert moved_state["backbone_id"] == tiny_backbone.backbone_id
+    assert all(torch.equal(a["model"][k], v) for k, v in moved_state["model"].items())
     torch.save(dict(a, unet={**a["unet"], "block_out_channels": [64, 128]}), tmp_path / "other_arch.pt")
-    with pytest.raises(ParameterError, match="another UNet architecture"):
+    with pytest.raises(ParameterError, match="another UNet or VAE architecture"):
         train_diffeic(replace(cfg, ckpt_dir=str(tmp_path / "y"), init_from=str(tmp_path / "other_arch.pt")), tiny_backbone)
 
 

@@ -33,6 +33,7 @@ def test_denoising_loss_is_the_mean_of_its_timestep_curve(tiny_backbone):
     z0 = _latent(tiny_backbone)
     curve = denoising_loss_by_timestep(tiny_backbone, z0, tiny_backbone.null_cond, n_timesteps=5)
     ts = [t for t, _ in curve]
+    assert len(curve) == 5
     assert ts[0] == 0 and ts[-1] == tiny_backbone.scheduler.config.num_train_timesteps - 1 and ts == sorted(ts)
     assert denoising_loss(tiny_backbone, z0, tiny_backbone.null_cond, 5) == pytest.approx(sum(v for _, v in curve) / 5)
 

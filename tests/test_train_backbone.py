@@ -81,10 +81,14 @@ def test_min_snr_weights_lower_only_the_nearly_clean_timesteps():
     assert torch.equal(plain.weights(t), torch.ones(5))
     w = weighted.weights(t)
     assert w[0] < 0.01 and torch.all(w[1:] >= w[:-1]) and w[-1] == 1.0  # grows with t, 1 once SNR <= gamma
+    snr = alphas[t] / (1 - alphas[t])
+    assert torch.allclose(w, torch.minimum(snr, torch.tensor(5.0)) / snr)
     z0, eps = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.randn(2, 4, 8, 8)
-    late, keep = torch.tensor([999, 999]), torch.zeros(2, dtype=torch.bool)
+    keep = torch.zeros(2, dtype=torch.bool)
     with torch.no_grad():
-        assert torch.allclose(plain(z0, late, eps, keep), weighted(z0, late, eps, keep))
+        for level, w_level in [(999, 1.0), (0, float(w[0]))]:  # the weight scales the loss of its samples
+            ts = torch.tensor([level, level])
+            assert torch.allclose(weighted(z0, ts, eps, keep), w_level * plain(z0, ts, eps, keep))
     with pytest.raises(ValueError, match="snr_gamma"):
         DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1, snr_gamma=0.0)
 
@@ -99,10 +103,36 @@ def test_conditioning_group_gets_its_own_rate_and_old_one_group_states_are_split
     groups = _param_groups(model, BackboneTrainConfig(phase="unet", lr=1e-3, cond_lr_scale=4.0))
     assert [g["lr"] for g in groups] == [1e-3, 4e-3]
     cond = {id(p) for p in groups[1]["params"]}
-    assert id(model.null_cond) in cond and id(model.unet.add_embedding.norm2.weight) in cond
-    assert id(model.unet.conv_in.weight) not in cond and any(id(p) in cond for p in model.encoder.parameters())
+    assert len(cond) + len(groups[0]["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
+    for name, p in model.named_parameters():
+        expected = name == "null_cond" or name.startswith(("encoder.", "unet.add_embedding.")) or ".attn2." in name
+        assert (id(p) in cond) == expected, name
     two = torch.optim.AdamW(groups, lr=1e-3)
     two.load_state_dict(_regroup_optimizer_state(one.state_dict(), model, groups))
     assert torch.equal(two.state[model.null_cond]["exp_avg"], one.state[model.null_cond]["exp_avg"])
     assert torch.equal(two.state[model.unet.conv_in.weight]["exp_avg_sq"], one.state[model.unet.conv_in.weight]["exp_avg_sq"])
     assert len(_param_groups(model, BackboneTrainConfig(phase="decoder"))) == 1
+
+
+def test_a_one_group_unet_checkpoint_resumes_with_the_conditioning_group(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    arr = (torch.rand(80, 112, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy()
+    Image.fromarray(arr).save(photos / "0.png")
+    common = dict(ckpt_dir=str(tmp_path / "ckpt"), data_dir=str(photos), batch_size=2, crop=64, arch=TEST_CONFIG, save_every=1)
+    train(BackboneTrainConfig(phase="vae", steps=1, **common))
+    path = train(BackboneTrainConfig(phase="unet", steps=1, **common))
+    # rewrite its optimizer state as the older one-group layout (parameters in model order)
+    blob = torch.load(path, weights_only=False)
+    comps = build_components(TEST_CONFIG)
+    model = DenoisingLoss(comps.unet, ImageTokenEncoder(TEST_CONFIG), comps.null_cond, comps.scheduler.alphas_cumprod, 0.1)
+    one = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    model(z0, torch.tensor([10, 500]), torch.randn_like(z0), torch.tensor([False, True])).backward()
+    one.step()
+    blob["opt"] = one.state_dict()
+    torch.save(blob, path)
+    train(BackboneTrainConfig(phase="unet", steps=2, lr=2e-4, cond_lr_scale=3.0, **common))
+    resumed = torch.load(path, weights_only=False)
+    assert resumed["step"] == 2
+    assert [g["lr"] for g in resumed["opt"]["param_groups"]] == pytest.approx([2e-4, 6e-4])
