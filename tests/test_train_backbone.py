@@ -93,13 +93,20 @@ def test_min_snr_weights_lower_only_the_nearly_clean_timesteps():
         DenoisingLoss(comps.unet, encoder, comps.null_cond, alphas, 0.1, snr_gamma=0.0)
 
 
-def test_conditioning_group_gets_its_own_rate_and_old_one_group_states_are_split():
+def _one_group_optimizer_after_a_step() -> tuple[DenoisingLoss, torch.optim.AdamW]:
+    """A tiny UNet-phase model and an AdamW over all its parameters in one group (the layout of
+    checkpoints written before the conditioning group), after one step so that it has moments."""
     comps = build_components(TEST_CONFIG)
     model = DenoisingLoss(comps.unet, ImageTokenEncoder(TEST_CONFIG), comps.null_cond, comps.scheduler.alphas_cumprod, 0.1)
     one = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     model(z0, torch.tensor([10, 500]), torch.randn_like(z0), torch.tensor([False, True])).backward()
     one.step()
+    return model, one
+
+
+def test_conditioning_group_gets_its_own_rate_and_old_one_group_states_are_split():
+    model, one = _one_group_optimizer_after_a_step()
     groups = _param_groups(model, BackboneTrainConfig(phase="unet", lr=1e-3, cond_lr_scale=4.0))
     assert [g["lr"] for g in groups] == [1e-3, 4e-3]
     cond = {id(p) for p in groups[1]["params"]}
@@ -124,12 +131,7 @@ def test_a_one_group_unet_checkpoint_resumes_with_the_conditioning_group(tmp_pat
     path = train(BackboneTrainConfig(phase="unet", steps=1, **common))
     # rewrite its optimizer state as the older one-group layout (parameters in model order)
     blob = torch.load(path, weights_only=False)
-    comps = build_components(TEST_CONFIG)
-    model = DenoisingLoss(comps.unet, ImageTokenEncoder(TEST_CONFIG), comps.null_cond, comps.scheduler.alphas_cumprod, 0.1)
-    one = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    model(z0, torch.tensor([10, 500]), torch.randn_like(z0), torch.tensor([False, True])).backward()
-    one.step()
+    _, one = _one_group_optimizer_after_a_step()
     blob["opt"] = one.state_dict()
     torch.save(blob, path)
     train(BackboneTrainConfig(phase="unet", steps=2, lr=2e-4, cond_lr_scale=3.0, **common))
