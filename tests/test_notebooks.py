@@ -80,6 +80,7 @@ def test_notebook_structure(path: Path) -> None:
     assert params[0]["cell_type"] == "code"
 
     for i, cell in enumerate(nb["cells"]):
+        assert cell.get("id"), f"{path.name}: cell {i} has no id (nbformat 4.5 needs one; nbformat.validator.normalize adds it)"
         if cell["cell_type"] == "code":
             assert not cell.get("outputs"), f"{path.name}: cell {i} has stored outputs; strip them before committing"
             assert cell.get("execution_count") is None, f"{path.name}: cell {i} has an execution count"
