@@ -1,30 +1,62 @@
-# egc_lite: `make demo` and `make test` do all the set-up from a fresh clone.
+# egc_lite: `make demo`, `make lab` and `make test` do all the set-up from a fresh clone.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.egc-installed
+# Every package, transitive ones included, at an exact version with its hashes (`make lock`).
+LOCK := requirements.lock
+PIP_VERSION := 26.1.2
+# The lock tool lives in its own small venv: it is not a dependency of the kit.
+LOCK_VENV := .lock-tools
+UV_VERSION := 0.13.9
+LOCK_EXTRAS := --extra dev --extra lab
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+# The lock is for Linux x86_64; elsewhere (macOS, ARM) pip resolves pyproject.toml's ranges.
+ifeq ($(shell uname -sm),Linux x86_64)
+DEPS := -r $(LOCK)
+else
+DEPS := -e ".[dev,lab]"
+endif
 # Kodak and the training photos: the shared read-only copy when present, else the package
-# downloads Kodak into ~/.cache/egc_lite on first use.
+# downloads Kodak into ~/.cache/egc_lite on first use (`egc demo` uses its own image then).
 SHARED_DATA := $(abspath ../shared/data)
 EGC_DATA ?= $(if $(wildcard $(SHARED_DATA)/kodak/kodim01.png),$(SHARED_DATA),)
 export EGC_DATA
 export HF_HUB_OFFLINE ?= 1
+LAB_ARGS ?=
+LOCK_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo lab test lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The venv holds exactly the lock's versions (pip checks each file's hash), then the package
+# itself, editable, without resolving anything again.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip<26.2"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "pip==$(PIP_VERSION)"
+	$(PY) -m pip install --quiet $(DEPS)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/egc demo --device cpu
 
+# JupyterLab in notebooks/, with this venv's python3 kernel (and its widgets extension).
+lab: $(STAMP)
+	JUPYTER_PREFER_ENV_PATH=1 $(abspath $(VENV))/bin/jupyter lab --ServerApp.root_dir=$(abspath notebooks) $(LAB_ARGS)
+
 test: $(STAMP)
 	EGC_PROGRESS=0 $(PY) -m pytest -q
 
+# Regenerate requirements.lock from pyproject.toml after changing a dependency there; versions
+# already in the lock are kept where they still fit (`make lock LOCK_ARGS=--upgrade` moves every
+# package to its newest allowed release). Commit both files together. Hashes: pip verifies every
+# file it installs against them (the wheels served by this machine's local mirrors match PyPI's).
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install --quiet "uv==$(UV_VERSION)")
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml $(LOCK_EXTRAS) $(LOCK_TARGET) --generate-hashes \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o $(LOCK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .hypothesis
