@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "KNOWN_METRICS",
     "LEARNED_METRICS",
+    "lf_psnr",
     "LOWER_IS_BETTER",
     "MetricAvailability",
     "bpp",
@@ -64,6 +65,7 @@ __all__ = [
     "ms_ssim",
     "ms_ssim_scales",
     "psnr",
+    "sharpness",
 ]
 
 #: Metrics that need no weights.
@@ -213,6 +215,40 @@ def ms_ssim(x: Tensor, y: Tensor, data_range: float = 1.0) -> float:
         stack = torch.stack(terms, dim=0).double().clamp(min=0.0).cpu()  # (scales, B, C)
         value = torch.prod(stack ** w.view(-1, 1, 1), dim=0).mean(dim=1)  # (B,)
     return float(value.mean())
+
+
+def lf_psnr(x: Tensor, y: Tensor, block: int = 8) -> float:
+    """PSNR of the ``block`` x ``block`` block means ("LF-PSNR"): colour and layout, blind to detail.
+
+    Both images are cropped to whole blocks; for a batch, the mean of per-image values.
+    """
+    x, y = _as_batch(x, y)
+    h, w = x.shape[2] // block * block, x.shape[3] // block * block
+    if h == 0 or w == 0:
+        raise ParameterError(f"LF-PSNR needs images of at least {block}x{block} pixels, got {x.shape[2]}x{x.shape[3]}")
+    return psnr(F.avg_pool2d(x[..., :h, :w], block), F.avg_pool2d(y[..., :h, :w], block))
+
+
+def _gradient_magnitude(x: Tensor) -> Tensor:
+    """Mean of :math:`\\sqrt{(\\partial_x I)^2 + (\\partial_y I)^2}` per image (forward differences, all channels)."""
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.double().pow(2) + dy.double().pow(2)).sqrt().flatten(1).mean(1)
+
+
+def sharpness(output: Tensor, reference: Tensor) -> float:
+    """Mean gradient magnitude of ``output`` over that of ``reference`` (1.0 = as sharp; blur < 1).
+
+    For a batch, the mean of per-image ratios. A flat reference raises :class:`ParameterError`.
+    """
+    output, reference = _as_batch(output, reference)
+    if min(output.shape[2:]) < 2:
+        raise ParameterError("sharpness needs images of at least 2x2 pixels")
+    with torch.no_grad():
+        ref = _gradient_magnitude(reference)
+        if bool((ref == 0).any()):
+            raise ParameterError("sharpness is undefined against a flat reference image (no gradients)")
+        return float((_gradient_magnitude(output) / ref).mean())
 
 
 def bpp(num_bytes: int, height: int, width: int) -> float:

@@ -14,6 +14,7 @@ from egc_lite.errors import ModelNotFoundError, ParameterError
 from egc_lite.metrics import (
     bpp,
     compute_metrics,
+    lf_psnr,
     load_learned_metric,
     metric_availability,
     metric_notes,
@@ -21,6 +22,7 @@ from egc_lite.metrics import (
     ms_ssim,
     ms_ssim_scales,
     psnr,
+    sharpness,
 )
 
 
@@ -165,3 +167,29 @@ def test_weight_file_names_match_installed_pyiqa_and_torchvision(empty_torch_hom
     names = {p.name for n in ("lpips", "lpips_vgg", "dists") for p in metric_weight_files(n)}
     assert AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1] in names
     assert VGG16_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1] in names
+
+
+def test_lf_psnr_ignores_detail_inside_blocks_but_sees_colour():
+    torch.manual_seed(0)
+    x = torch.rand(3, 32, 48) * 0.5 + 0.25
+    # a zero-mean pattern inside every 8x8 block leaves the block means unchanged
+    checker = ((torch.arange(32)[:, None] + torch.arange(48)[None]) % 2).float() * 0.2 - 0.1
+    assert lf_psnr(x + checker, x) > 100  # equal up to float rounding
+    assert psnr(x + checker, x) < 25
+    shifted = x.clone()
+    shifted[1] += 0.1  # a colour cast: every block mean of the green channel moves by 0.1
+    assert lf_psnr(shifted, x) == pytest.approx(10 * math.log10(3 / 0.01), rel=1e-6)
+    with pytest.raises(ParameterError):
+        lf_psnr(torch.rand(3, 4, 4), torch.rand(3, 4, 4))
+
+
+def test_sharpness_is_one_for_the_reference_and_falls_with_blur():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    assert sharpness(x, x) == pytest.approx(1.0)
+    assert sharpness(2 * x, x) == pytest.approx(2.0)  # gradients scale linearly
+    blurred = [torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False) for k in (3, 5, 9)]
+    values = [sharpness(b, x) for b in blurred]
+    assert 1.0 > values[0] > values[1] > values[2] > 0
+    with pytest.raises(ParameterError, match="flat"):
+        sharpness(x, torch.full_like(x, 0.5))
