@@ -4,7 +4,15 @@ Three phases, each resumable from ``<ckpt>/<phase>.pt``:
 
 1. ``vae``: the whole ``AutoencoderKL`` on random crops (L1 + MSE + a tiny KL weight).
 2. ``decoder``: the encoder is frozen (the latent space no longer moves) and only the decoder
-   keeps training, so it can run beside phase 3.
+   keeps training, so it can run beside phase 3, and the UNet and the codecs trained on the
+   latents stay valid.
+
+Pixel losses alone give blur (the minimiser is a posterior mean), so phases 1 and 2 can add
+an adversarial term (``adv_weight`` > 0, from step ``adv_start``): a PatchGAN critic with
+spectral normalisation and the hinge loss, as SD's autoencoder is trained (there with a
+perceptual loss too, whose VGG weights cannot be fetched here), and a low-frequency term
+(``lf_weight``: L1 between 8x8 block means) that holds colour and layout while the critic
+pushes detail.
 3. ``unet``: the UNet and the conditioning encoder on latents of the frozen encoder: the
    noise-prediction loss :math:`\\mathbb{E}_{t,\\epsilon}\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`
    with ``e`` from :class:`~egc_lite.tiny.ImageTokenEncoder`, replaced by the null embedding with
@@ -20,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .precision import autocast, prepare_module, resolve_precision
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
 
@@ -44,7 +54,7 @@ class BackboneTrainConfig:
 
     phase: str = "vae"  # vae | decoder | unet
     ckpt_dir: str = "checkpoints/egc-tiny"
-    data_dir: str | None = None
+    data_dir: str | None = None  # one folder or several joined by os.pathsep; None: the training photos folder
     steps: int = 1000
     batch_size: int = 8
     crop: int = 128
@@ -54,6 +64,10 @@ class BackboneTrainConfig:
     snr_gamma: float | None = None  # Min-SNR weighting of the UNet loss (Hang et al. 2023); None: plain eps-MSE
     cond_lr_scale: float = 1.0  # unet phase: learning-rate factor of the conditioning path (_is_conditioning)
     ema_decay: float = 0.999
+    adv_weight: float = 0.0  # vae/decoder phases: adversarial gradient / reconstruction gradient (adaptive_adversarial_weight); 0 = off
+    adv_start: int = 0  # step from which the critic trains and the adversarial term counts
+    lf_weight: float = 0.0  # vae/decoder phases: weight of the L1 between 8x8 block means (colour and layout)
+    precision: str = "auto"  # auto | fp32 | bf16 (egc_lite.precision: bf16 only where the hardware runs it fast)
     seed: int = 0
     log_every: int = 25
     save_every: int = 200
@@ -65,17 +79,35 @@ class BackboneTrainConfig:
 
 
 # ---------------------------------------------------------------------------------- data
-class CropSampler:
-    """Random crops of a few pre-scaled copies of each photo, with horizontal flips."""
+def data_folders(spec: str | Path | None) -> list[Path]:
+    """Training folders: ``spec`` is one folder or several joined by ``os.pathsep`` (``a:b:c``);
+    ``None`` means :func:`egc_lite.data.training_photos_dir`."""
+    from .data import training_photos_dir
 
-    def __init__(self, folder: Path, scales: tuple[float, ...] = (1.0, 0.75, 0.6, 0.45), seed: int = 0) -> None:
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if spec is None:
+        return [training_photos_dir()]
+    return [Path(part).expanduser() for part in str(spec).split(os.pathsep) if part]
+
+
+class CropSampler:
+    """Random crops of a few pre-scaled copies of each photo, with horizontal flips.
+
+    A scale is kept for a photo only when its shorter side stays at least ``min_side`` pixels
+    (the full size is always kept), so small photos are not blurred by upsampling to a crop.
+    """
+
+    def __init__(self, folder: Path | list[Path], scales: tuple[float, ...] = (1.0, 0.75, 0.6, 0.45), seed: int = 0,
+                 min_side: int = 128) -> None:
+        folders = folder if isinstance(folder, list) else [folder]
+        paths = sorted(p for f in folders for p in f.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
         if not paths:
-            raise FileNotFoundError(f"no training photos in {folder}")
+            raise FileNotFoundError(f"no training photos in {', '.join(map(str, folders))}")
         self.pyramid: list[torch.Tensor] = []
         for p in paths:
             img = Image.open(p).convert("RGB")
             for s in scales:
+                if s != 1.0 and min(img.width, img.height) * s < min_side:
+                    continue
                 w, h = max(64, round(img.width * s)), max(64, round(img.height * s))
                 arr = np.asarray(img.resize((w, h), Image.BICUBIC), dtype=np.uint8)
                 self.pyramid.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
@@ -151,22 +183,63 @@ def latent_crops(bank: list[torch.Tensor], n: int, size: int, rng: random.Random
 
 # ---------------------------------------------------------------------------------- losses
 class ReconstructionLoss(nn.Module):
-    """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}` with a sampled latent."""
+    """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}
+    + w_{lf}\\|p_8(x)-p_8(\\hat x)\\|_1` with a sampled latent (:math:`p_8`: 8x8 block means).
 
-    def __init__(self, vae, kl_weight: float, freeze_encoder: bool) -> None:
+    ``forward`` returns the loss, its MSE and KL parts, and the reconstruction (for the critic).
+    """
+
+    def __init__(self, vae, kl_weight: float, freeze_encoder: bool, lf_weight: float = 0.0) -> None:
         super().__init__()
-        self.vae, self.kl_weight, self.freeze_encoder = vae, kl_weight, freeze_encoder
+        self.vae, self.kl_weight, self.freeze_encoder, self.lf_weight = vae, kl_weight, freeze_encoder, lf_weight
         if freeze_encoder:
             for m in (vae.encoder, vae.quant_conv):
                 m.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(not self.freeze_encoder and torch.is_grad_enabled()):
             post = self.vae.encode(x * 2 - 1).latent_dist
         kl = post.kl().mean() if not self.freeze_encoder else torch.zeros((), device=x.device)
-        xr = (self.vae.decode(post.sample()).sample + 1) / 2
+        xr = (self.vae.decode(post.sample()).sample.float() + 1) / 2
         mse = F.mse_loss(xr, x)
-        return F.l1_loss(xr, x) + mse + self.kl_weight * kl, mse, kl
+        loss = F.l1_loss(xr, x) + mse + self.kl_weight * kl
+        if self.lf_weight > 0:
+            loss = loss + self.lf_weight * F.l1_loss(F.avg_pool2d(xr, 8), F.avg_pool2d(x, 8))
+        return loss, mse, kl, xr
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN critic (Isola et al. 2017): one logit per overlapping patch of about 70 pixels,
+    spectral normalisation on every convolution (Miyato et al. 2018) and no other normalisation."""
+
+    def __init__(self, width: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        mods: list[nn.Module] = []
+        c = 3
+        for i in range(layers):
+            out = width * 2**i
+            mods += [sn(nn.Conv2d(c, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            c = out
+        mods += [sn(nn.Conv2d(c, c, 4, padding=1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(c, 1, 4, padding=1))]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.net(x01 * 2 - 1)
+
+
+def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """Esser et al. 2021 (eq. 7): :math:`\\lambda = \\|\\nabla_{W} L_{rec}\\| / (\\|\\nabla_{W} L_G\\| + 10^{-4})` at the
+    decoder's last layer ``W``, so the adversarial term's gradient has a set size relative to the
+    reconstruction's whatever the losses' scales (clamped to [0, 1e4], no gradient)."""
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_gen = torch.autograd.grad(gen_loss, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+
+def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The critic's hinge loss :math:`\\mathbb{E}[\\max(0, 1-D(x))] + \\mathbb{E}[\\max(0, 1+D(\\hat x))]` (Lim and Ye 2017)."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
 
 
 class DenoisingLoss(nn.Module):
@@ -280,8 +353,6 @@ def train(cfg: BackboneTrainConfig) -> Path:
     """
     from accelerate import Accelerator
 
-    from .data import training_photos_dir
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     acc = Accelerator(cpu=cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()))
@@ -289,8 +360,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
     torch.manual_seed(cfg.seed + acc.process_index)
     ckpt = Path(cfg.ckpt_dir)
     ckpt.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
-    sampler = CropSampler(data_dir, seed=cfg.seed + acc.process_index)
+    sampler = CropSampler(data_folders(cfg.data_dir), seed=cfg.seed + acc.process_index, min_side=cfg.crop)
     comps = build_components(cfg.arch, seed=cfg.seed)
     vae = comps.vae
     path = ckpt / f"{cfg.phase}.pt"
@@ -306,7 +376,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
             vae.load_state_dict(state["vae"])
         elif cfg.phase == "decoder":
             vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
-        model = ReconstructionLoss(vae, cfg.kl_weight, freeze_encoder=cfg.phase == "decoder")
+        model = ReconstructionLoss(vae, cfg.kl_weight, freeze_encoder=cfg.phase == "decoder", lf_weight=cfg.lf_weight)
         extra: dict = {}
     elif cfg.phase == "unet":
         vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
@@ -336,6 +406,16 @@ def train(cfg: BackboneTrainConfig) -> Path:
         if cfg.lr is not None:  # a resumed run given a learning rate switches to it
             for group, fresh in zip(opt.param_groups, groups):
                 group["lr"] = fresh["lr"]
+    precision = resolve_precision(dev, cfg.precision)
+    model = prepare_module(model, precision)
+    critic = critic_opt = None
+    if cfg.adv_weight > 0 and cfg.phase != "unet":
+        critic = prepare_module(PatchDiscriminator(), precision).to(dev)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=groups[0]["lr"], betas=(0.5, 0.9), weight_decay=0.0)
+        if state is not None and state.get("critic") is not None:
+            critic.load_state_dict(state["critic"])
+            critic_opt.load_state_dict(state["critic_opt"])
+        critic, critic_opt = acc.prepare(critic, critic_opt)
     model, opt = acc.prepare(model, opt)
     n_train = comps.scheduler.config.num_train_timesteps
     running = 0.0
@@ -344,15 +424,35 @@ def train(cfg: BackboneTrainConfig) -> Path:
             z0 = latent_crops(bank, cfg.batch_size, cfg.crop // 8, sampler.rng).to(dev) * latent_scale
             t = torch.randint(0, n_train, (z0.shape[0],), device=dev)
             drop = torch.rand(z0.shape[0], device=dev) < cfg.p_uncond
-            loss = model(z0, t, torch.randn_like(z0), drop)
+            with autocast(dev, precision):
+                loss = model(z0, t, torch.randn_like(z0), drop)
             record = {"loss": loss}
         else:
-            loss, mse, kl = model(sampler.batch(cfg.batch_size, cfg.crop).to(dev))
+            x = sampler.batch(cfg.batch_size, cfg.crop).to(dev)
+            if precision == "bf16":
+                x = x.contiguous(memory_format=torch.channels_last)
+            adversarial = critic is not None and step >= cfg.adv_start
+            with autocast(dev, precision):
+                loss, mse, kl, xr = model(x)
+                if adversarial:  # the generator's hinge term; the critic's gradients are not kept
+                    critic.requires_grad_(False)
+                    gen_loss = -critic(xr).float().mean()
+                    critic.requires_grad_(True)
+            if adversarial:
+                weight = cfg.adv_weight * adaptive_adversarial_weight(loss, gen_loss, acc.unwrap_model(model).vae.decoder.conv_out.weight)
+                loss = loss + weight * gen_loss
             record = {"mse": mse, "kl": kl}
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
         opt.step()
+        if cfg.phase != "unet" and adversarial:  # the critic's step, after the generator's backward used it
+            with autocast(dev, precision):
+                critic_loss = hinge_critic_loss(critic(x).float(), critic(xr.detach()).float())
+            critic_opt.zero_grad(set_to_none=True)
+            acc.backward(critic_loss)
+            critic_opt.step()
+            record.update({"gen": gen_loss.detach(), "critic": critic_loss.detach(), "adv_weight": weight})
         inner = acc.unwrap_model(model)
         if cfg.phase == "unet":
             with torch.no_grad():
@@ -365,6 +465,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
             mean = running / cfg.log_every
             rec = {"step": done, "minutes": (time.time() - start) / 60}
             rec.update({"loss": mean} if cfg.phase == "unet" else {"mse": mean, "psnr": -10 * math.log10(mean), "kl": float(record["kl"].detach())})
+            rec.update({k: float(record[k]) for k in ("gen", "critic", "adv_weight") if k in record})
             _log(ckpt, cfg.phase, rec)
         if done % cfg.log_every == 0:
             running = 0.0
@@ -376,6 +477,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
                              "null_cond": inner.null_cond.detach().cpu()})
             else:
                 blob["vae"] = inner.vae.state_dict()
+                if critic is not None:
+                    blob.update({"critic": acc.unwrap_model(critic).state_dict(), "critic_opt": critic_opt.state_dict()})
             _save(path, blob)
         if timeout:
             break
@@ -389,6 +492,34 @@ def checkpoint_arch(state: dict) -> TinyBackboneConfig:
     if arch is None:
         return EGC_TINY_CONFIG
     return TinyBackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
+
+
+def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
+    """Replace only the autoencoder of the exported backbone in ``out_dir`` by the checkpoint's
+    (``decoder.pt`` when that phase ran, else ``vae.pt``), keeping the folder's latent scale.
+
+    Meant for a decoder fine-tune (phase ``decoder``): the encoder, and so the latent space that
+    the UNet and the codecs were trained on, is unchanged; only the images decoded from it change.
+    """
+    from diffusers import AutoencoderKL
+
+    ckpt, out = Path(ckpt_dir), Path(out_dir)
+    if not (out / "vae" / "config.json").exists():
+        raise FileNotFoundError(f"{out} has no vae/: export the whole backbone first (export_backbone)")
+    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", local_files_only=True)
+    state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
+    encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    vae.load_state_dict(state["vae"])
+    moved = [k for k, v in encoder_before.items() if not torch.allclose(v.float(), vae.state_dict()[k].float(), atol=1e-3)]
+    if moved:
+        raise ValueError(f"the checkpoint's encoder differs from the one in {out} ({moved[0]}, ...): "
+                         "its latents would not fit the UNet; export the whole backbone instead")
+    vae.half().save_pretrained(out / "vae", safe_serialization=True)
+    index = out / "model_index.json"
+    meta = json.loads(index.read_text()) if index.exists() else {}
+    meta["vae_steps"] = state["step"]
+    index.write_text(json.dumps(meta, indent=1))
+    return out
 
 
 def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path:

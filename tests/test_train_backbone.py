@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from egc_lite.train_backbone import (
     _param_groups,
     _regroup_optimizer_state,
     export_backbone,
+    export_vae,
     train,
 )
 
@@ -138,3 +140,49 @@ def test_a_one_group_unet_checkpoint_resumes_with_the_conditioning_group(tmp_pat
     resumed = torch.load(path, weights_only=False)
     assert resumed["step"] == 2
     assert [g["lr"] for g in resumed["opt"]["param_groups"]] == pytest.approx([2e-4, 6e-4])
+
+
+def test_adversarial_decoder_phase_keeps_the_encoder_and_resumes_its_critic(tmp_path):
+    photos = tmp_path / "a"
+    more = tmp_path / "b"
+    g = torch.Generator().manual_seed(1)
+    for folder in (photos, more):
+        folder.mkdir()
+        arr = (torch.rand(72, 96, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(arr).save(folder / "0.png")
+    ckpt = tmp_path / "ckpt"
+    common = dict(ckpt_dir=str(ckpt), data_dir=f"{photos}{os.pathsep}{more}", batch_size=2, crop=64, arch=TEST_CONFIG,
+                  log_every=1, save_every=1, precision="fp32")
+    train(BackboneTrainConfig(phase="vae", steps=1, **common))
+    train(BackboneTrainConfig(phase="unet", steps=1, **common))
+    out = export_backbone(ckpt, tmp_path / "exported")
+    adv = dict(common, adv_weight=0.1, adv_start=1, lf_weight=1.0)
+    train(BackboneTrainConfig(phase="decoder", steps=2, **adv))
+    first = torch.load(ckpt / "decoder.pt", weights_only=False)
+    log = [json.loads(line) for line in (ckpt / "decoder_log.jsonl").read_text().splitlines()]
+    assert "critic" not in log[0] and log[1]["critic"] > 0  # the critic starts at adv_start
+    train(BackboneTrainConfig(phase="decoder", steps=3, **adv))  # resumes generator and critic
+    second = torch.load(ckpt / "decoder.pt", weights_only=False)
+    assert second["step"] == 3
+    assert any(not torch.equal(first["critic"][k], second["critic"][k]) for k in first["critic"])
+    before = load_backbone(str(out), device="cpu")
+    export_vae(ckpt, out)
+    after = load_backbone(str(out), device="cpu")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(before.encode(x), after.encode(x), atol=1e-2)  # same latent space (float16 storage)
+        assert not torch.allclose(before.decode(before.encode(x)), after.decode(after.encode(x)), atol=1e-3)
+    assert after.latent_scale == before.latent_scale
+
+
+def test_export_vae_refuses_a_checkpoint_with_another_encoder(tmp_path):
+    photos = tmp_path / "p"
+    photos.mkdir()
+    Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(photos / "0.png")
+    common = dict(data_dir=str(photos), batch_size=1, crop=64, arch=TEST_CONFIG, precision="fp32")
+    train(BackboneTrainConfig(phase="vae", steps=1, ckpt_dir=str(tmp_path / "one"), **common))
+    train(BackboneTrainConfig(phase="unet", steps=1, ckpt_dir=str(tmp_path / "one"), **common))
+    out = export_backbone(tmp_path / "one", tmp_path / "exported")
+    train(BackboneTrainConfig(phase="vae", steps=1, seed=5, ckpt_dir=str(tmp_path / "two"), **common))
+    with pytest.raises(ValueError, match="encoder differs"):
+        export_vae(tmp_path / "two", out)
