@@ -2,7 +2,11 @@
 
 ``egc compress IMAGE -o FILE [--codec guide|textinv|diffeic] [--bpp T] [--quality N] [--seed S]``,
 ``egc decompress FILE -o PNG [--samples N]``, ``egc info FILE``, ``egc demo``, ``egc train ...``.
-A user mistake prints one line on stderr and exits with status 2; success exits 0.
+A user mistake (a bad option included) prints one line ``egc: error: ...`` on stderr and exits
+with status 2; success exits 0.
+
+Each command imports what it needs when it runs: ``egc --help`` and ``egc info`` load no torch,
+the guide codec no diffusers. Nothing in the package imports this module.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
+from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC
 from .errors import EGCError
 
-DEFAULT_CODEC = "textinv"
-DEFAULT_BACKBONE = "egc-tiny"
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the kit's error contract: one line on stderr, exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())
+        self.exit(2, f"egc: error: {line} (see `{self.prog} --help`)\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egc", description="Extreme generative image compression with latent diffusion.")
+    parser = _Parser(prog="egc", description="Extreme generative image compression with latent diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="compress an image into an egc_lite file")
@@ -52,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a file's header")
     i.add_argument("file", type=Path)
 
-    m = sub.add_parser("demo", help="one Kodak image through the default codec; writes figures/demo.png")
-    m.add_argument("--image", type=int, default=23, help="Kodak image number (default 23)")
+    m = sub.add_parser("demo", help="one photo through the default codec, beside WebP; writes figures/demo.png")
+    m.add_argument("--image", type=int, default=None,
+                   help="Kodak image number (default: 23 if Kodak is on disk, else the photo shipped in the package)")
     m.add_argument("--codec", default=None, help="codec (default: the kit's default)")
     m.add_argument("--bpp", type=float, default=0.07)
     m.add_argument("--out", type=Path, default=Path("figures"))
@@ -110,33 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(args) -> None:
-    from .progress import set_progress
-
+def _progress(args: argparse.Namespace) -> None:
     if getattr(args, "no_progress", False):
+        from .progress import set_progress
+
         set_progress(False)
 
 
-def _load_backbone_for(codec_name: str, args):
-    from .codecs import codec_class
-
-    if not codec_class(codec_name).uses_backbone:
-        return None
-    from .backbone import load_backbone
-
-    return load_backbone(args.backbone, device=args.device)
-
-
-def cmd_compress(args) -> int:
+def cmd_compress(args: argparse.Namespace) -> int:
     from .bitstream import write_bitstream
-    from .codecs import CompressOptions, make_codec
+    from .codecs import CompressOptions, load_codec
     from .data import load_image
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
                            guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
                            inversion_steps=args.inversion_steps)
-    codec = make_codec(args.codec, _load_backbone_for(args.codec, args))
+    codec = load_codec(args.codec, args.backbone, args.device)
     t0 = time.perf_counter()
     bs = codec.compress(x, opts)
     n = write_bitstream(args.output, bs)
@@ -149,16 +151,16 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def cmd_decompress(args) -> int:
+def cmd_decompress(args: argparse.Namespace) -> int:
     from .bitstream import read_bitstream
-    from .codecs import make_codec
+    from .codecs import load_codec
     from .data import save_image
     from .errors import ParameterError
 
     if not 1 <= args.samples <= 64:
         raise ParameterError(f"--samples must be in 1..64, got {args.samples}")
     bs = read_bitstream(args.file)
-    codec = make_codec(bs.codec, _load_backbone_for(bs.codec, args))
+    codec = load_codec(bs.codec, args.backbone, args.device)
     outputs = []
     for k in range(args.samples):
         x = codec.decompress(bs, sample=k)
@@ -169,7 +171,7 @@ def cmd_decompress(args) -> int:
     return 0
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from .bitstream import describe, read_bitstream
 
     bs = read_bitstream(args.file)
@@ -177,14 +179,14 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     print(run_demo(image=args.image, codec=args.codec, bpp=args.bpp, out_dir=args.out, backbone=args.backbone, device=args.device))
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "backbone":
         from .train_backbone import BackboneTrainConfig, train
 
@@ -223,12 +225,13 @@ def cmd_train(args) -> int:
         print(train_diffeic(cfg, b))
         return 0
     if args.what == "diffeic-export":
-        from .codecs.diffeic import DIFFEIC_WEIGHTS, QUALITY_LAMBDA
-        from .diffeic import export_diffeic
         from .errors import ParameterError
 
-        if (args.out is None) == (args.quality is None):
+        if (args.out is None) == (args.quality is None):  # checked before the slow imports
             raise ParameterError("give either --out FOLDER or --quality N")
+        from .codecs.diffeic import DIFFEIC_WEIGHTS, QUALITY_LAMBDA
+        from .diffeic import export_diffeic
+
         if args.quality is not None and args.quality not in QUALITY_LAMBDA:
             raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")
         print(export_diffeic(args.ckpt, args.out or DIFFEIC_WEIGHTS / f"q{args.quality}"))
@@ -251,7 +254,7 @@ def _quiet_dependencies() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("diffusers", "transformers"):
+    for name in ("diffusers", "transformers", "bitsandbytes", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

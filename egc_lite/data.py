@@ -19,7 +19,8 @@ The EXIF orientation tag is applied, so a portrait photo from a phone stands upr
 
 Kodak (the benchmark) is read from ``$EGC_DATA/kodak`` when ``EGC_DATA`` is set, and
 otherwise downloaded once from its public source into ``~/.cache/egc_lite/kodak``
-(``$XDG_CACHE_HOME`` respected). The images are never part of the package.
+(``$XDG_CACHE_HOME`` respected). The images are never part of the package; one CC0 photo is
+(:data:`DEMO_IMAGE`), so that ``egc demo`` runs offline.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ from .bitstream import atomic_write_bytes
 from .errors import EGCError, ImageError, ParameterError
 
 __all__ = [
+    "DEMO_IMAGE",
     "IMAGE_SUFFIXES",
     "KODAK_COUNT",
     "KODAK_URL",
     "MAX_PIXELS",
     "crop_to",
     "kodak_dir",
+    "kodak_on_disk",
     "kodak_paths",
     "list_images",
     "load_image",
@@ -66,6 +69,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: Public source of the Kodak images (``kodim01.png`` .. ``kodim24.png``).
 KODAK_URL = "https://r0k.us/graphics/kodak/kodak/kodim{:02d}.png"
 KODAK_COUNT = 24
+#: The photo shipped inside the package (448x320, CC0; source in ``egc_lite/assets/README.md``).
+DEMO_IMAGE = Path(__file__).resolve().parent / "assets" / "coffee.png"
 _DOWNLOAD_TIMEOUT_S = 10.0
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -342,6 +347,17 @@ def _kodak_folder(indices: Sequence[int], download: bool) -> Path:
         except (OSError, urllib.error.URLError, ValueError, EGCError) as exc:  # URLError/HTTPError/timeouts are OSErrors
             raise EGCError(f"could not download the Kodak image {url} ({exc}). {offline_fix}.") from exc
     return folder
+
+
+def kodak_on_disk(index: int) -> Path | None:
+    """Kodak image ``index`` if it is already on disk (``$EGC_DATA/kodak``, else the cache), or None.
+
+    Never downloads and never raises for a missing folder.
+    """
+    name = _kodak_name(_check_kodak_indices([index])[0])
+    env = os.environ.get("EGC_DATA", "").strip()
+    folders = ([Path(env).expanduser() / "kodak"] if env else []) + [_cache_root() / "kodak"]
+    return next((f / name for f in folders if (f / name).is_file()), None)
 
 
 def kodak_dir(download: bool = True) -> Path:

@@ -1,7 +1,9 @@
-"""``egc demo``: one Kodak image through a codec, written to a file and decoded from it.
+"""``egc demo``: one photo through a codec, written to a file and decoded from it.
 
-Writes ``<out>/demo.png`` (original | codec | WebP at the same rate, labelled) and returns a
-short report with the rate from the file size, PSNR and MS-SSIM.
+The photo is Kodak image 23 when it is already on disk (``$EGC_DATA/kodak`` or the download
+cache), else the CC0 photo shipped in the package (:data:`egc_lite.data.DEMO_IMAGE`): the demo
+never downloads. Writes ``<out>/demo.png`` (original | codec | WebP at the same rate, labelled)
+and returns a short report with the image used, the rate from the file size, PSNR and MS-SSIM.
 """
 
 from __future__ import annotations
@@ -14,9 +16,26 @@ from PIL import Image, ImageDraw
 
 from .baselines import classic_available, compress_at_bpp
 from .bitstream import read_bitstream, write_bitstream
-from .codecs import CompressOptions, make_codec
-from .data import load_kodak, pil_to_tensor, tensor_to_pil
+from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC, CompressOptions, load_codec
+from .data import DEMO_IMAGE, kodak_on_disk, load_image, load_kodak, pil_to_tensor, tensor_to_pil
 from .metrics import ms_ssim, psnr
+
+#: The Kodak image the demo prefers when it is on disk.
+DEMO_KODAK = 23
+
+
+def demo_input(image: int | None = None) -> tuple[torch.Tensor, str, str]:
+    """The demo's photo ``(3, H, W)``, a short name for its files, and a line saying where it came from.
+
+    ``image=None``: Kodak 23 if on disk, else the embedded photo. A number: that Kodak image
+    (downloaded into the cache if needed, like every Kodak reader of the kit).
+    """
+    if image is None:
+        path = kodak_on_disk(DEMO_KODAK)
+        if path is None:
+            return load_image(DEMO_IMAGE), DEMO_IMAGE.stem, f"{DEMO_IMAGE.name} (the CC0 photo shipped in the package; Kodak not on disk)"
+        image = DEMO_KODAK
+    return load_kodak(image), f"kodim{image:02d}", f"kodim{image:02d} (Kodak)"
 
 
 def side_by_side(images: list[torch.Tensor], labels: list[str], gap: int = 8) -> Image.Image:
@@ -34,27 +53,19 @@ def side_by_side(images: list[torch.Tensor], labels: list[str], gap: int = 8) ->
     return canvas
 
 
-def run_demo(image: int = 23, codec: str | None = None, bpp: float = 0.07, out_dir: str | Path = "figures",
-             backbone: str = "egc-tiny", device: str = "auto") -> str:
-    """Compress Kodak image ``image`` at about ``bpp`` and report; returns the report text."""
-    from .cli import DEFAULT_CODEC, _load_backbone_for  # one place decides the default and the backbone
-
+def run_demo(image: int | None = None, codec: str | None = None, bpp: float = 0.07, out_dir: str | Path = "figures",
+             backbone: str = DEFAULT_BACKBONE, device: str = "auto") -> str:
+    """Compress the demo photo (see :func:`demo_input`) at about ``bpp`` and report; returns the report text."""
     name = codec or DEFAULT_CODEC
+    x, stem, source = demo_input(image)
+    c = load_codec(name, backbone, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    x = load_kodak(image)
     h, w = x.shape[1:]
-
-    class _Args:
-        pass
-
-    args = _Args()
-    args.backbone, args.device = backbone, device
-    c = make_codec(name, _load_backbone_for(name, args))
     t0 = time.perf_counter()
     bs = c.compress(x, CompressOptions(bpp=bpp))
     t_enc = time.perf_counter() - t0
-    path = out / f"kodim{image:02d}.{name}.egc"
+    path = out / f"{stem}.{name}.egc"
     n = write_bitstream(path, bs)
     t0 = time.perf_counter()
     y = c.decompress(read_bitstream(path)).clamp(0, 1)
@@ -62,7 +73,7 @@ def run_demo(image: int = 23, codec: str | None = None, bpp: float = 0.07, out_d
     y8 = pil_to_tensor(tensor_to_pil(y))
     rate = 8 * n / (h * w)
     images, labels = [x, y8], ["original", f"{name}: {rate:.4f} bpp, {psnr(y8, x):.2f} dB"]
-    lines = [f"kodim{image:02d} ({w}x{h}) with codec {name}: {n} bytes = {rate:.4f} bpp (file {path})",
+    lines = [f"{source}, {w}x{h}, with codec {name}: {n} bytes = {rate:.4f} bpp (file {path})",
              f"  PSNR {psnr(y8, x):.2f} dB, MS-SSIM {ms_ssim(y8, x):.4f}, encode {t_enc:.1f} s, decode {t_dec:.1f} s"]
     if classic_available("webp"):
         r = compress_at_bpp(tensor_to_pil(x), "webp", rate)

@@ -1,10 +1,16 @@
-"""The egc command line: compress, info, decompress, one-line errors with non-zero status."""
+"""The egc command line: compress, info, decompress, demo, train; one-line errors with status 2.
+
+The subprocess tests run ``egc`` as a user does, so that anything another package writes on
+stderr at import (a warning, a log line) shows up: a user mistake must print exactly one line
+``egc: ...`` and exit 2, and a successful command nothing at all on stderr.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +76,84 @@ def test_corrupt_file_in_a_subprocess_exits_non_zero(tmp_path, image_file):
     assert r.returncode == 2
     assert r.stderr.startswith("egc: error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_option_is_one_line_in_process(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "x.png", "-o", "x.egc", "--bpp", "lots"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("egc: error: argument --bpp") and err.count("\n") == 1
+
+
+def run_egc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``egc ARGS`` in a fresh interpreter (the console script's code path), text output captured."""
+    env = {**os.environ, "EGC_PROGRESS": "0", "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "egc_lite.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+# One user mistake per command (a bad file, a missing image, a bad option, a bad parameter); {img}
+# is a valid PNG, {tmp} the test's folder.
+MISTAKES = {
+    "no-command": [],
+    "compress-missing-image": ["compress", "missing.png", "-o", "x.egc", "--codec", "guide"],
+    "compress-bad-option": ["compress", "{img}", "-o", "x.egc", "--bpp", "lots"],
+    "compress-unknown-codec": ["compress", "{img}", "-o", "x.egc", "--codec", "zip"],
+    "decompress-not-an-egc-file": ["decompress", "{img}", "-o", "x.png"],
+    "decompress-unknown-option": ["decompress", "{img}", "-o", "x.png", "--fast"],
+    "info-missing-file": ["info", "missing.egc"],
+    "info-not-an-egc-file": ["info", "{img}"],
+    "demo-bad-image-number": ["demo", "--image", "99", "--out", "{tmp}"],
+    "demo-bad-option": ["demo", "--bpp", "low"],
+    "train-bad-phase": ["train", "backbone", "--phase", "everything"],
+    "train-missing-parameter": ["train", "diffeic-export", "--ckpt", "{tmp}"],
+}
+
+
+@pytest.mark.parametrize("argv", MISTAKES.values(), ids=MISTAKES.keys())
+def test_each_command_on_a_user_mistake_prints_one_line_and_exits_2(tmp_path, image_file, argv):
+    argv = [a.replace("{img}", str(image_file)).replace("{tmp}", str(tmp_path)) for a in argv]
+    r = run_egc(argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("egc: ") and r.stderr.count("\n") == 1, f"stderr is not one egc line:\n{r.stderr}"
+    assert r.stdout == ""
+
+
+def test_successful_commands_print_nothing_on_stderr(tmp_path, image_file):
+    """guide compress, info and decompress, and codec A on a tiny model (diffusers, transformers, compressai loaded)."""
+    model = ["--backbone", "tiny-random", "--device", "cpu"]
+    runs = [
+        ["compress", str(image_file), "-o", "g.egc", "--codec", "guide", "--bpp", "0.2"],
+        ["info", "g.egc"],
+        ["decompress", "g.egc", "-o", "g.png"],
+        ["compress", str(image_file), "-o", "t.egc", "--codec", "textinv", "--bpp", "0.3", "--steps", "2",
+         "--inversion-steps", "2"] + model,
+    ]
+    for argv in runs:
+        r = run_egc(argv, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "", f"egc {argv[0]} wrote on stderr:\n{r.stderr}"
+        assert r.stdout.strip()
+    assert load_image(tmp_path / "g.png").shape == (3, 96, 144)
+
+
+HEAVY = ("diffusers", "transformers", "compressai", "pyiqa", "bitsandbytes", "accelerate")
+
+
+@pytest.mark.parametrize("argv, not_loaded", [
+    (["--help"], HEAVY + ("torch",)),
+    (["info", "{egc}"], HEAVY + ("torch",)),
+    (["compress", "{img}", "-o", "{tmp}/b.egc", "--codec", "guide", "--bpp", "0.2"], HEAVY),
+    (["decompress", "{egc}", "-o", "{tmp}/b.png"], HEAVY),
+], ids=["help", "info", "compress-guide", "decompress-guide"])
+def test_light_commands_import_only_what_they_need(tmp_path, image_file, argv, not_loaded):
+    egc_file = tmp_path / "a.egc"
+    assert main(["compress", str(image_file), "-o", str(egc_file), "--codec", "guide", "--bpp", "0.2"]) == 0
+    argv = [a.replace("{img}", str(image_file)).replace("{egc}", str(egc_file)).replace("{tmp}", str(tmp_path)) for a in argv]
+    code = ("import sys\nfrom egc_lite.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {not_loaded!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "EGC_PROGRESS": "0"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", f"egc {argv[0]} imported heavy packages: {r.stdout}"

@@ -17,6 +17,7 @@ from egc_lite import data
 from egc_lite.data import (
     crop_to,
     kodak_dir,
+    kodak_on_disk,
     kodak_paths,
     list_images,
     load_image,
@@ -300,6 +301,26 @@ def test_kodak_egc_data_missing_images(tmp_path: Path, monkeypatch: pytest.Monke
     msg = str(err.value)
     assert str(tmp_path / "kodak") in msg and "kodim02.png" in msg and "EGC_DATA" in msg
     assert kodak_paths([1])[0] == tmp_path / "kodak" / "kodim01.png"  # only what is asked must exist
+    assert no_network == []
+
+
+def test_kodak_on_disk_looks_in_egc_data_then_the_cache_and_never_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    monkeypatch.setenv("EGC_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert kodak_on_disk(23) is None  # neither folder exists: no error, no download
+    cached = tmp_path / "cache" / "egc_lite" / "kodak" / "kodim23.png"
+    cached.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(cached)
+    assert kodak_on_disk(23) == cached
+    own = tmp_path / "data" / "kodak" / "kodim23.png"
+    own.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(own)
+    assert kodak_on_disk(23) == own
+    assert kodak_on_disk(22) is None
+    with pytest.raises(ParameterError):
+        kodak_on_disk(25)
     assert no_network == []
 
 

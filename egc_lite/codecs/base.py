@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..backbone import Backbone
 from ..bitstream import Bitstream
 from ..errors import BitstreamError, ImageError, ParameterError
+
+if TYPE_CHECKING:  # the backbone module imports diffusers: only codecs that run a model pay for it
+    from ..backbone import Backbone
 
 
 @dataclass(frozen=True)
