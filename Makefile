@@ -42,9 +42,11 @@ $(STAMP): $(LOCK) pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/egc demo --device cpu
 
-# JupyterLab in notebooks/, with this venv's python3 kernel (and its widgets extension).
+# JupyterLab in notebooks/, with this venv's python3 kernel (and its widgets extension); as root
+# (a container) JupyterLab refuses to start without --allow-root.
 lab: $(STAMP)
-	JUPYTER_PREFER_ENV_PATH=1 $(abspath $(VENV))/bin/jupyter lab --ServerApp.root_dir=$(abspath notebooks) $(LAB_ARGS)
+	JUPYTER_PREFER_ENV_PATH=1 $(abspath $(VENV))/bin/jupyter lab --ServerApp.root_dir=$(abspath notebooks) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
 	EGC_PROGRESS=0 $(PY) -m pytest -q
