@@ -133,6 +133,26 @@ def _add_eval_and_sweep(sub) -> None:
     e.add_argument("--fid", action="store_true", help="FID/KID at the HiFiC protocol (needs Inception weights; implies --save-recon)")
     _add_common(e)
 
+    w = sub.add_parser("sweep", help="run a notebook over a parameter grid (papermill), gather one table (resumable)")
+    w.add_argument("grid", type=Path, help="the grid file (YAML)")
+    w.add_argument("--workers", type=int, default=1, help="parallel points (local processes or Dask workers)")
+    w.add_argument("--engine", default="processes", help="processes (this machine) or dask (default: processes)")
+    w.add_argument("--scheduler", default=None, help="dask: address of a running scheduler, e.g. tcp://node01:8786")
+    w.add_argument("--cluster", default="local", help="dask: local, slurm or pbs (dask-jobqueue; options from the grid's 'cluster')")
+    w.add_argument("--jobs", type=int, default=None, help="dask-jobqueue: number of batch jobs (default: --workers)")
+    w.add_argument("--figures", type=Path, default=None, help="folder for the plots (default: OUT/figures)")
+    w.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_sweep(args) -> int:
+    from .evaluate.grid import RunOptions, load_spec, run_sweep
+
+    opts = RunOptions(engine=args.engine, workers=args.workers, scheduler=args.scheduler, cluster=args.cluster,
+                      jobs=args.jobs, figures=args.figures)
+    r = run_sweep(load_spec(args.grid), opts)
+    print(f"{r.ran} points run ({r.failed} failed), {r.skipped} already done, {r.seconds:.0f} s; results in {r.out}")
+    return 1 if r.failed else 0
+
 
 def cmd_eval(args) -> int:
     from .evaluate.runner import CodecOverrides, EvalConfig, run_eval
@@ -280,7 +300,7 @@ def cmd_train(args) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info, "demo": cmd_demo, "train": cmd_train,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "sweep": cmd_sweep}
 
 
 def _quiet_dependencies() -> None:

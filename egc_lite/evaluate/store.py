@@ -77,11 +77,13 @@ class RecordStore:
         """The latest record per key (only those with ``status`` when given)."""
         return [r for r in self._records.values() if status is None or r.get("status") == status]
 
-    def write_tables(self, stem: str = "results", columns: Iterable[str] | None = None) -> list[Path]:
-        """Write every latest record to ``<stem>.csv`` and ``<stem>.json``; returns the paths."""
+    def write_tables(self, stem: str = "results", columns: Iterable[str] | None = None,
+                     records: list[dict] | None = None) -> list[Path]:
+        """Write ``records`` (default: every latest record) to ``<stem>.csv`` and ``<stem>.json``; returns the paths."""
         import pandas as pd
 
-        df = pd.DataFrame(self.records())
+        records = self.records() if records is None else records
+        df = pd.DataFrame(records)
         for col in df.columns:  # nested values (a codec's header fields) as JSON text in the CSV
             df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
         if columns is not None and not df.empty:
@@ -90,5 +92,5 @@ class RecordStore:
         csv_path, json_path = self.folder / f"{stem}.csv", self.folder / f"{stem}.json"
         self.folder.mkdir(parents=True, exist_ok=True)
         df.to_csv(csv_path, index=False)
-        json_path.write_text(json.dumps(self.records(), indent=1) + "\n", encoding="utf-8")
+        json_path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
         return [csv_path, json_path]
