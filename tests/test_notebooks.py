@@ -113,6 +113,8 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("EGC_PROGRESS", "0")
+    # the kernel imports this checkout's egc_lite, whichever copy the venv has installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NOTEBOOKS_DIR.parent), os.environ.get("PYTHONPATH")])))
     if os.environ.get("MPLBACKEND", "").lower() == "agg":
         monkeypatch.delenv("MPLBACKEND")  # with Agg, %matplotlib inline figures are silently dropped
     papermill.execute_notebook(
