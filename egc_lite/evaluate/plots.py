@@ -131,3 +131,38 @@ def plot_grid(table: pd.DataFrame, metrics: Sequence[str], x: str, y: str | None
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def matched_rows(rows: Sequence[dict], image: str, target_bpp: float) -> list[dict]:
+    """For each codec, the successful row of ``image`` whose rate is closest to ``target_bpp``."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("image") == image:
+            cur = best.get(r["codec"])
+            if cur is None or abs(r["bpp"] - target_bpp) < abs(cur["bpp"] - target_bpp):
+                best[r["codec"]] = r
+    return list(best.values())
+
+
+def plot_gallery(original, decodings: Sequence[tuple[str, object]], box: tuple[int, int, int] | None = None, title: str = ""):
+    """The original and each ``(label, image)`` decoding side by side, cropped to ``box = (top, left, size)``."""
+    import matplotlib.pyplot as plt
+
+    from ..data import tensor_to_pil
+
+    panels = [("original", original), *decodings]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (label, img) in zip(axes[0], panels):
+        if box is not None:
+            top, left, size = box
+            img = img[:, top:top + size, left:left + size]
+        ax.imshow(tensor_to_pil(img), interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

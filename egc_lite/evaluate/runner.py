@@ -73,11 +73,12 @@ class CodecOverrides:
     inversion_steps: int | None = None
     seed: int = 0
 
-    def label(self) -> str:
-        """``"sc=0 steps=10"`` for the fields that differ from the defaults (empty when none do)."""
-        parts = [f"{k}={v:g}" for k, v in (("sc", self.sc), ("sf", self.sf), ("steps", self.steps),
-                                            ("start", self.start_step), ("inv", self.inversion_steps)) if v is not None]
-        return " ".join(parts + ([f"seed={self.seed}"] if self.seed else []))
+    def label(self, codec: str) -> str:
+        """``"sc=0 steps=10"``: the fields ``codec`` reads that differ from its defaults (empty for classic codecs)."""
+        reads = {"textinv": ("sc", "sf", "steps", "inv"), "diffeic": ("steps", "start")}.get(codec, ())
+        values = {"sc": self.sc, "sf": self.sf, "steps": self.steps, "start": self.start_step, "inv": self.inversion_steps}
+        parts = [f"{k}={values[k]:g}" for k in reads if values[k] is not None]
+        return " ".join(parts + ([f"seed={self.seed}"] if self.seed and reads else []))
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,7 @@ def load_eval_image(path: Path, max_side: int | None) -> torch.Tensor:
 
 def codec_label(codec: str, overrides: CodecOverrides) -> str:
     """The codec column: its name, plus the overrides a generative codec reads (``textinv sc=0``)."""
-    extra = overrides.label() if codec in ("textinv", "diffeic") else ""
-    return f"{codec} {extra}".strip()
+    return f"{codec} {overrides.label(codec)}".strip()
 
 
 def _safe(name: str) -> str:
