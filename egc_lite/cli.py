@@ -1,7 +1,8 @@
 """The ``egc`` command line.
 
 ``egc compress IMAGE -o FILE [--codec guide|textinv|diffeic] [--bpp T] [--quality N] [--seed S]``,
-``egc decompress FILE -o PNG [--samples N]``, ``egc info FILE``, ``egc demo``, ``egc train ...``.
+``egc decompress FILE -o PNG [--samples N]``, ``egc info FILE``, ``egc demo``, ``egc train ...``,
+``egc eval [--codecs ...] [--bpp ...] [--quality ...]``, ``egc sweep GRID.yaml``.
 A user mistake (a bad option included) prints one line ``egc: error: ...`` on stderr and exits
 with status 2; success exits 0.
 
@@ -119,7 +120,64 @@ def build_parser() -> argparse.ArgumentParser:
     te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
     te.add_argument("--ckpt", default="checkpoints/egc-tiny")
     te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
+    _add_eval_and_sweep(sub)
     return parser
+
+
+def _add_eval_and_sweep(sub) -> None:
+    """``egc eval`` and ``egc sweep`` (their code lives in egc_lite.evaluate, imported when they run)."""
+    e = sub.add_parser("eval", help="codecs x rates x images: one table, a summary and RD plots (resumable)")
+    e.add_argument("--codecs", nargs="+", default=["guide", "jpeg", "webp", "avif"],
+                   help="any of guide textinv diffeic jpeg webp avif (default: guide jpeg webp avif)")
+    e.add_argument("--bpp", type=float, nargs="*", default=[], help="target rates")
+    e.add_argument("--quality", type=int, nargs="*", default=[], help="quality points (diffeic/textinv 1..5, classic 0..100)")
+    e.add_argument("--images", type=Path, default=None, help="folder of images (default: Kodak)")
+    e.add_argument("--limit", type=int, default=None, help="the first N images only")
+    e.add_argument("--max-side", type=int, default=None, help="downscale images to this longer side")
+    e.add_argument("--out", type=Path, default=Path("results/eval"), help="results folder; reruns resume (default results/eval)")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--sf", type=float, default=None)
+    e.add_argument("--sc", type=float, default=None)
+    e.add_argument("--start-step", type=int, default=None)
+    e.add_argument("--inversion-steps", type=int, default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--save-recon", action="store_true", help="also write every decoding as PNG under OUT/recon")
+    e.add_argument("--fid", action="store_true", help="FID/KID at the HiFiC protocol (needs Inception weights; implies --save-recon)")
+    _add_common(e)
+
+    w = sub.add_parser("sweep", help="run a notebook over a parameter grid (papermill), gather one table (resumable)")
+    w.add_argument("grid", type=Path, help="the grid file (YAML)")
+    w.add_argument("--workers", type=int, default=1, help="parallel points (local processes or Dask workers)")
+    w.add_argument("--engine", default="processes", help="processes (this machine) or dask (default: processes)")
+    w.add_argument("--scheduler", default=None, help="dask: address of a running scheduler, e.g. tcp://node01:8786")
+    w.add_argument("--cluster", default="local", help="dask: local, slurm or pbs (dask-jobqueue; options from the grid's 'cluster')")
+    w.add_argument("--jobs", type=int, default=None, help="dask-jobqueue: number of batch jobs (default: --workers)")
+    w.add_argument("--figures", type=Path, default=None, help="folder for the plots (default: OUT/figures)")
+    w.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def cmd_sweep(args) -> int:
+    from .evaluate.grid import RunOptions, load_spec, run_sweep
+
+    opts = RunOptions(engine=args.engine, workers=args.workers, scheduler=args.scheduler, cluster=args.cluster,
+                      jobs=args.jobs, figures=args.figures)
+    r = run_sweep(load_spec(args.grid), opts)
+    print(f"{r.ran} points run ({r.failed} failed), {r.skipped} already done, {r.seconds:.0f} s; results in {r.out}")
+    return 1 if r.failed else 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate.runner import CodecOverrides, EvalConfig, run_eval
+
+    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step,
+                        inversion_steps=args.inversion_steps, seed=args.seed)
+    cfg = EvalConfig(out=args.out, codecs=tuple(args.codecs), bpp=tuple(args.bpp), quality=tuple(args.quality),
+                     images=args.images, limit=args.limit, max_side=args.max_side, backbone=args.backbone,
+                     device=args.device, overrides=ov, save_recon=args.save_recon, fid=args.fid)
+    r = run_eval(cfg)
+    print(r.summary)
+    print(f"\n{r.ran} rows run, {r.skipped} already done, {r.failed} failed, {r.seconds:.0f} s; tables and plots in {r.out}")
+    return 0
 
 
 def _progress(args: argparse.Namespace) -> None:
@@ -244,7 +302,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 2
 
 
-COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info, "demo": cmd_demo, "train": cmd_train}
+COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info, "demo": cmd_demo, "train": cmd_train,
+            "eval": cmd_eval, "sweep": cmd_sweep}
 
 
 def _quiet_dependencies() -> None:

@@ -85,11 +85,24 @@ def plot_heatmaps(result: SweepResult, title: str = ""):
     return fig
 
 
-class GuidancePanel:
-    """Two sliders (:math:`s_c`, :math:`s_f`) that redraw codec A's reconstruction of one file."""
+#: Slider range ``(min, max, step)`` of :math:`s_c` per guidance mode: a little past each mode's useful
+#: range (about 0.05-0.4 for "latent", 0.3-1 for "fast" and "full"; see egc_lite.guidance).
+SC_RANGES = {"latent": (0.0, 0.6, 0.01), "fast": (0.0, 2.0, 0.05), "full": (0.0, 2.0, 0.05)}
+SF_RANGE = (0.0, 8.0, 0.5)
 
-    def __init__(self, codec, bs: Bitstream, original: torch.Tensor, sc_range=(0.0, 20.0, 1.0), sf_range=(0.0, 8.0, 0.5)) -> None:
+
+class GuidancePanel:
+    """Two sliders (:math:`s_c`, :math:`s_f`) that redraw codec A's reconstruction of one file.
+
+    The :math:`s_c` slider spans :data:`SC_RANGES` of the file's guidance mode unless ``sc_range`` is given.
+    """
+
+    def __init__(self, codec, bs: Bitstream, original: torch.Tensor, sc_range: tuple[float, float, float] | None = None,
+                 sf_range: tuple[float, float, float] = SF_RANGE) -> None:
         self.codec, self.bs, self.original = codec, bs, original
+        if sc_range is None:
+            cfg, *_ = codec.decode_parameters(bs)
+            sc_range = SC_RANGES[cfg.guidance.mode]
         self.sc_range, self.sf_range = sc_range, sf_range
         self.last: dict | None = None
 

@@ -36,12 +36,19 @@ NOTEBOOK_PARAMETERS: dict[str, dict] = {
                                 "train_crop": 64, "fit_steps": 20, "fit_photos": 2, "save_figures": False},
     "04_control_module.ipynb": {"backbone": "egc-tiny", "max_side": 64, "train_steps": 2, "train_batch_size": 2,
                                 "train_crop": 64, "steps": 2, "n_samples": 2, "save_figures": False},
+    # 05 runs egc eval on one downscaled image (every codec, two-step samplers); 06 a two-point sweep of notebook 02
+    "05_evaluation.ipynb": {"backbone": "egc-tiny", "n_images": 1, "max_side": 64, "classic": ["guide", "jpeg", "webp"],
+                            "bpp_targets": [0.3], "diffeic_qualities": [1], "steps": 2, "inversion_steps": 3,
+                            "gallery_bpp": 0.3, "crop": 48, "save_figures": False},
+    "06_sweeps.ipynb": {"grid": {"sc": [0.05, 0.2]}, "workers": 2, "engine": "dask", "save_figures": False,
+                        "fixed": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2, "sc_values": [0.1],
+                                  "sf_values": [1], "n_samples": 1, "save_figures": False}},
 }
 
 #: Notebooks that read Kodak images (they skip when ``$EGC_DATA/kodak`` is absent, since the
 #: tests never download).
 NEEDS_KODAK = {"00_tour.ipynb", "01_textual_inversion.ipynb", "02_compression_guidance.ipynb", "03_entropy_coding.ipynb",
-               "04_control_module.ipynb"}
+               "04_control_module.ipynb", "05_evaluation.ipynb", "06_sweeps.ipynb"}
 
 
 def _kodak_available() -> bool:
@@ -113,6 +120,8 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("EGC_PROGRESS", "0")
+    # the kernel imports this checkout's egc_lite, whichever copy the venv has installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NOTEBOOKS_DIR.parent), os.environ.get("PYTHONPATH")])))
     if os.environ.get("MPLBACKEND", "").lower() == "agg":
         monkeypatch.delenv("MPLBACKEND")  # with Agg, %matplotlib inline figures are silently dropped
     papermill.execute_notebook(

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
+from egc_lite.guidance import CompressionGuidanceConfig
 from egc_lite.sampling import SamplerConfig
-from egc_lite.sweep import GuidancePanel, guidance_sweep, plot_heatmaps
+from egc_lite.sweep import SC_RANGES, GuidancePanel, guidance_sweep, plot_heatmaps
 from egc_lite.textual_inversion import InversionConfig
 
 
@@ -40,5 +41,15 @@ def test_panel_render_and_widget(setup):
     assert torch.equal(a["image"], b["image"]) and a["psnr"] > 0
     box = panel.widget()
     sliders = box.children[0].children
-    sliders[0].value = 5.0  # moving a slider redraws
-    assert panel.last["sc"] == 5.0 and box.children[1].value.startswith("s_c=5")
+    assert (sliders[0].min, sliders[0].max, sliders[0].step) == SC_RANGES["latent"]  # the file's mode
+    sliders[0].value = 0.3  # moving a slider redraws
+    assert panel.last["sc"] == 0.3 and box.children[1].value.startswith("s_c=0.3")
+
+
+def test_slider_range_follows_the_guidance_mode(tiny_backbone, smooth_image):
+    codec = TextInvCodec(tiny_backbone, TextInvConfig(inversion=InversionConfig(steps=1), sampler=SamplerConfig(steps=1),
+                                                      guidance=CompressionGuidanceConfig(scale=0.5, mode="fast")))
+    x = smooth_image(64, 64, seed=3)
+    panel = GuidancePanel(codec, codec.compress(x, CompressOptions(bpp=0.5)), x)
+    assert panel.sc_range == SC_RANGES["fast"] and panel.sc_range[0] < 0.3 and panel.sc_range[1] > 1.0
+    assert SC_RANGES["latent"][0] < 0.05 and 0.4 < SC_RANGES["latent"][1] < 1.0
