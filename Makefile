@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 LAB_ARGS ?=
 LOCK_ARGS ?=
 
-.PHONY: install demo lab test lock clean
+.PHONY: install demo lab test test-browser lock clean
 
 install: $(STAMP)
 
@@ -50,6 +50,18 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	EGC_PROGRESS=0 $(PY) -m pytest -q
+
+# Notebook 02's widget panel in JupyterLab driven by headless Chromium (tests/test_widgets_browser.py,
+# about 2 minutes). Installs what it needs: Debian's chromium with apt (root or sudo; Playwright's own
+# browser download is not used) and the playwright package when the venv lacks it. Here a missing
+# browser fails the test; in `make test` the same test skips when chromium or playwright is absent.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+test-browser: $(STAMP)
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium)
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet "playwright>=1.40"
+	EGC_PROGRESS=0 EGC_REQUIRE_BROWSER=1 EGC_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -rs tests/test_widgets_browser.py
 
 # Regenerate requirements.lock from pyproject.toml after changing a dependency there; versions
 # already in the lock are kept where they still fit (`make lock LOCK_ARGS=--upgrade` moves every
