@@ -118,8 +118,18 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
+def check_steps(backbone: Backbone, steps: int) -> None:
+    """Raise :class:`ParameterError` when the scheduler cannot take ``steps`` DDIM steps (its
+    ``steps_offset`` would push the first timestep past the last trained one)."""
+    cfg = backbone.scheduler.config
+    most = int(cfg.num_train_timesteps) - int(getattr(cfg, "steps_offset", 0) or 0)
+    if not 1 <= steps <= most:
+        raise ParameterError(f"steps must be in 1..{most} for this backbone's scheduler, got {steps}")
+
+
 def timesteps(backbone: Backbone, steps: int) -> list[int]:
     """The scheduler's DDIM timesteps for ``steps`` steps, from noisiest to cleanest."""
+    check_steps(backbone, steps)
     sched = backbone.scheduler
     sched.set_timesteps(steps)
     return [int(t) for t in sched.timesteps]
