@@ -2,8 +2,16 @@
 
 A :class:`Backbone` carries what the codecs need: ``vae``, ``unet``, ``scheduler``, the
 unconditional embedding ``null_cond`` (classifier-free guidance's :math:`\\varnothing`), the
-latent scale, the device and dtype, and ``backbone_id``, a stable identifier written into every
-bitstream so that a decoder refuses a file made with another backbone.
+latent scale, the device and dtype, and ``backbone_id``, a short *content* id written into every
+bitstream so that a decoder refuses a file made with another backbone: :data:`ID_CHARS` hex
+characters of a SHA-256 over what is loaded (the UNet's and VAE's configurations and weights,
+rounded to float16 so that the fp16 and fp32 files of one model agree, the scheduler's
+configuration and the null embedding). Folder names, hub names, extra files in the folder
+(other variants, codec A's prior, egc-tiny's token encoder) do not change it.
+
+The UNet may predict the noise (``prediction_type="epsilon"``, SD 1.5, SD 2.1-base) or
+:math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,z_0` (``"v_prediction"``,
+SD 2.1 at 768 px); :mod:`egc_lite.sampling` converts. Other kinds are refused when loading.
 
 :func:`load_backbone` accepts
 
@@ -35,6 +43,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
 NULL_COND_FILE = "null_cond.safetensors"
 HUB_HOST = ("huggingface.co", 443)
+#: Length of a backbone id (hex characters of a SHA-256): short and fixed, as a file carries it.
+ID_CHARS = 12
+#: What the UNet may predict (the scheduler's ``prediction_type``).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -51,6 +63,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     path: Path | None = None
+    bos: bool = False  # position 0 of null_cond is a text encoder's BOS token (Stable Diffusion)
 
     @property
     def n_tokens(self) -> int:
@@ -63,6 +76,11 @@ class Backbone:
     @property
     def latent_channels(self) -> int:
         return int(self.vae.config.latent_channels)
+
+    @property
+    def prediction_type(self) -> str:
+        """``"epsilon"`` or ``"v_prediction"`` (what the UNet outputs)."""
+        return str(self.scheduler.config.prediction_type)
 
     @property
     def vae_factor(self) -> int:
@@ -104,20 +122,26 @@ def resolve_device(device: str | torch.device = "auto", dtype: torch.dtype | Non
     return dev, dtype
 
 
-def _hash_files(paths: list[Path], full: bool) -> str:
+def _public_config(config) -> dict:
+    """A module's configuration without diffusers' bookkeeping keys (``_name_or_path``, versions)."""
+    return {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+
+
+def content_id(vae: torch.nn.Module, unet: torch.nn.Module, scheduler, null_cond: torch.Tensor) -> str:
+    """The backbone id: :data:`ID_CHARS` hex characters of a SHA-256 of what is loaded (module docstring)."""
     h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        if full or p.suffix == ".json":
-            h.update(p.read_bytes())
-        else:
-            h.update(str(p.stat().st_size).encode())
-    return h.hexdigest()[:10]
-
-
-def _folder_id(name: str, folder: Path, full: bool) -> str:
-    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in {".json", ".safetensors", ".bin"}]
-    return f"{name}:{_hash_files(files, full)}"
+    h.update(json.dumps({"vae": _public_config(vae.config), "unet": _public_config(unet.config),
+                         "scheduler": _public_config(scheduler.config)}, sort_keys=True, default=str).encode())
+    tensors = [("null_cond", null_cond)]
+    for prefix, module in (("vae", vae), ("unet", unet)):
+        tensors += [(f"{prefix}.{k}", v) for k, v in sorted(module.state_dict().items())]
+    for key, value in tensors:
+        v = value.detach().to("cpu")
+        v = v.to(torch.float16) if v.is_floating_point() else v
+        h.update(key.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:ID_CHARS]
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -126,55 +150,102 @@ def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> to
     return module if next(module.parameters()).dtype == dtype else module.to(dtype)
 
 
-def _finish(name: str, backbone_id: str, vae, unet, scheduler, null_cond, device, dtype, path=None) -> Backbone:
-    vae_dtype = torch.float32 if (dtype != torch.float32 and getattr(vae.config, "force_upcast", False)) else dtype
-    vae = _to(vae, device, vae_dtype).eval().requires_grad_(False)
+def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None, bos: bool = False,
+            backbone_id: str | None = None) -> Backbone:
+    """Place the modules (the VAE in the UNet's dtype, as diffusers' SD pipelines do) and build the :class:`Backbone`."""
+    prediction = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ModelNotFoundError(
+            f"backbone {name!r} predicts {prediction!r}: egc_lite runs UNets that predict one of {PREDICTION_TYPES}"
+        )
+    backbone_id = backbone_id or content_id(vae, unet, scheduler, null_cond)
+    vae = _to(vae, device, dtype).eval().requires_grad_(False)
     unet = _to(unet, device, dtype).eval().requires_grad_(False)
+    if device.type == "cuda":  # memory plan: recompute activations in passes that need gradients (README)
+        unet.enable_gradient_checkpointing()
+        vae.enable_gradient_checkpointing()
     scale = float(getattr(vae.config, "scaling_factor", 1.0))
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
     return Backbone(name=name, backbone_id=backbone_id, vae=vae, unet=unet, scheduler=scheduler,
-                    null_cond=null_cond.to(device, dtype), latent_scale=scale, device=device, dtype=dtype, path=path)
+                    null_cond=null_cond.to(device, dtype), latent_scale=scale, device=device, dtype=dtype, path=path,
+                    bos=bos)
 
 
 def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Backbone:
     """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU)."""
     dev, dt = resolve_device(device, dtype)
     c = build_components(TEST_CONFIG, seed=seed)
-    return _finish(f"tiny-random:{seed}", f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt)
+    return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt)
 
 
-def _null_cond_from_text_encoder(folder: Path, **kw) -> torch.Tensor:
+def _variant(folder: Path, stem: str) -> str | None:
+    """``None`` when ``folder`` holds full-precision weights ``stem.*``, ``"fp16"`` when only ``stem.fp16.*``."""
+    if any((folder / f"{stem}.{ext}").is_file() for ext in ("safetensors", "bin")):
+        return None
+    if any((folder / f"{stem}.fp16.{ext}").is_file() for ext in ("safetensors", "bin")):
+        return "fp16"
+    return None
+
+
+def _from_pretrained(cls, folder: Path, subfolder: str, stem: str, dtype: torch.dtype | None, **kw):
+    """``cls.from_pretrained`` of one component, fp16-only folders included; failures as :class:`ModelNotFoundError`."""
+    variant = _variant(folder / subfolder, stem)
+    if dtype is not None:
+        kw["torch_dtype"] = dtype
+    try:
+        return cls.from_pretrained(folder, subfolder=subfolder, variant=variant, local_files_only=True, **kw)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot load {folder / subfolder}: {first}") from None
+
+
+def _null_cond_from_text_encoder(folder: Path) -> tuple[torch.Tensor, bool]:
+    """The empty prompt's embedding (float32, CPU) and whether its first token is the tokenizer's BOS."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **kw)
-    enc = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
+    try:
+        tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load the tokenizer in {folder / 'tokenizer'}: {exc}") from None
+    enc = _from_pretrained(CLIPTextModel, folder, "text_encoder", "model", torch.float32)
     ids = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        return enc(ids)[0].float()
+        null = enc(ids)[0].float()
+    return null, tok.bos_token_id is not None and int(ids[0, 0]) == int(tok.bos_token_id)
 
 
-def _load_folder(name: str, folder: Path, device, dtype, full_hash: bool) -> Backbone:
+def _load_folder(name: str, folder: Path, device, dtype) -> Backbone:
     missing = [s for s in ("vae", "unet", "scheduler") if not (folder / s).is_dir()]
     if missing:
         raise ModelNotFoundError(
             f"{folder} is not a Stable Diffusion folder: missing {', '.join(s + '/' for s in missing)}; "
             "give a folder with vae/, unet/, scheduler/ (and text_encoder/ + tokenizer/ or null_cond.safetensors)"
         )
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
-    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    vae = _from_pretrained(AutoencoderKL, folder, "vae", "diffusion_pytorch_model", dtype)
+    unet = _from_pretrained(UNet2DConditionModel, folder, "unet", "diffusion_pytorch_model", dtype)
+    try:
+        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load {folder / 'scheduler'}: {exc}") from None
+    bos = False
     if (folder / NULL_COND_FILE).exists():
         from safetensors.torch import load_file
 
         null_cond = load_file(folder / NULL_COND_FILE)["null_cond"]
+        index = folder / "model_index.json"
+        if index.is_file():
+            try:
+                bos = bool(json.loads(index.read_text()).get("egc_bos", False))
+            except (ValueError, AttributeError):
+                bos = False
     elif (folder / "text_encoder").is_dir() and (folder / "tokenizer").is_dir():
-        null_cond = _null_cond_from_text_encoder(folder, local_files_only=True)
+        null_cond, bos = _null_cond_from_text_encoder(folder)
     else:
         raise ModelNotFoundError(
             f"{folder} has no null embedding: add {NULL_COND_FILE} or text_encoder/ and tokenizer/"
         )
-    return _finish(name, _folder_id(name, folder, full_hash), vae, unet, scheduler, null_cond, device, dtype, folder)
+    return _finish(name, vae, unet, scheduler, null_cond, device, dtype, folder, bos=bos)
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -210,7 +281,7 @@ def _load_hub(spec: str, device, dtype) -> Backbone:
             folder = Path(snapshot_download(spec, allow_patterns=patterns))
         except Exception as exc:
             raise ModelNotFoundError(f"could not download {spec!r} from the hub: {exc}") from None
-    return _load_folder(spec, folder, device, dtype, full_hash=False)
+    return _load_folder(spec, folder, device, dtype)
 
 
 def load_backbone(spec: str = "egc-tiny", device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Backbone:
@@ -227,12 +298,12 @@ def load_backbone(spec: str = "egc-tiny", device: str | torch.device = "auto", d
                 f"the egc-tiny weights are not in this installation (looked in {EGC_TINY_DIR}): "
                 "reinstall egc_lite from a full clone, or train them with `egc train backbone`"
             )
-        return _load_folder("egc-tiny", EGC_TINY_DIR, dev, dt, full_hash=True)
+        return _load_folder("egc-tiny", EGC_TINY_DIR, dev, dt)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{path} is a file: a backbone is a folder with vae/, unet/ and scheduler/")
-        return _load_folder(path.name, path.resolve(), dev, dt, full_hash=False)
+        return _load_folder(path.name, path.resolve(), dev, dt)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return _load_hub(spec, dev, dt)
     raise ModelNotFoundError(
@@ -254,5 +325,6 @@ def save_backbone(backbone: Backbone, folder: str | Path) -> Path:
     backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
     backbone.scheduler.save_pretrained(folder / "scheduler")
     save_file({"null_cond": backbone.null_cond.detach().float().cpu().contiguous()}, folder / NULL_COND_FILE)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "egc_lite.Backbone", "name": backbone.name}, indent=1))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "egc_lite.Backbone", "name": backbone.name,
+                                                       "egc_bos": backbone.bos}, indent=1))
     return folder

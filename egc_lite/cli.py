@@ -37,6 +37,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_codec_files(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, default=None,
+                   help="diffeic: a folder of rate points q1..q5 (default: the ones found for the backbone id)")
+    p.add_argument("--prior", type=Path, default=None,
+                   help="textinv: an embedding prior file (default: the one found for the backbone id)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="egc", description="Extreme generative image compression with latent diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,12 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
     c.add_argument("--start-step", type=int, default=None, help="diffeic: start from the content variables at this step")
     c.add_argument("--inversion-steps", type=int, default=None, help="textinv: optimization steps of the embedding")
+    c.add_argument("--token-start", type=int, default=None,
+                   help="textinv: first optimized token position (default: 1 after SD's BOS token, else 0)")
+    c.add_argument("--n-tokens", type=int, default=None,
+                   help="textinv: optimized positions (default: 4 on Stable Diffusion, all on egc-tiny)")
+    c.add_argument("--embedding-share", type=float, default=None,
+                   help="textinv: share of the byte budget for the embedding, the rest for the guide (default 0.15)")
+    _add_codec_files(c)
     _add_common(c)
 
     d = sub.add_parser("decompress", help="decode an egc_lite file to PNG")
     d.add_argument("file", type=Path)
     d.add_argument("-o", "--output", type=Path, required=True)
     d.add_argument("--samples", type=int, default=1, help="number of reconstructions (different decoder seeds)")
+    _add_codec_files(d)
     _add_common(d)
 
     i = sub.add_parser("info", help="print a file's header")
@@ -95,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
     tp.add_argument("--images", type=int, default=16)
     tp.add_argument("--inversion-steps", type=int, default=150)
-    tp.add_argument("--out", default=None, help="folder to write textinv_prior.safetensors (default: the backbone's folder)")
+    tp.add_argument("--token-start", type=int, default=None, help="first optimized position (default: as codec A)")
+    tp.add_argument("--n-tokens", type=int, default=None, help="optimized positions (default: as codec A)")
+    tp.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    tp.add_argument("--out", default=None,
+                    help="file or folder to write the prior to (default: the user's prior folder for the backbone id, "
+                         "~/.cache/egc_lite/priors/<id>/; never the model's folder)")
     td = tsub.add_parser("diffeic", help="train one DiffEIC rate point (codec B) on a frozen backbone (resumable)")
     td.add_argument("--lmbda", type=float, required=True, help="rate weight lambda (larger = fewer bits; reference: 1..16)")
     td.add_argument("--backbone", default=DEFAULT_BACKBONE)
@@ -116,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     tdx = tsub.add_parser("diffeic-export", help="write a DiffEIC checkpoint as a loadable rate point folder")
     tdx.add_argument("--ckpt", default="checkpoints/diffeic")
     tdx.add_argument("--out", default=None, help="output folder")
-    tdx.add_argument("--quality", type=int, default=None, help="write to the package's weights/diffeic/q{N} instead of --out")
+    tdx.add_argument("--quality", type=int, default=None,
+                     help="write to the user's rate points for the checkpoint's backbone id (~/.cache/egc_lite/diffeic/<id>/q{N})")
     te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
     te.add_argument("--ckpt", default="checkpoints/egc-tiny")
     te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
@@ -187,16 +208,40 @@ def _progress(args: argparse.Namespace) -> None:
         set_progress(False)
 
 
+def _make_codec(name: str, args: argparse.Namespace):
+    """The codec ``name`` with the command line's backbone and codec files (prior, rate points, token window)."""
+    from dataclasses import replace
+
+    from .codecs import load_codec
+
+    if name not in ("textinv", "diffeic"):
+        return load_codec(name, args.backbone, args.device)
+    from .backbone import load_backbone
+    from .codecs import DiffEICCodec, TextInvCodec, TextInvConfig
+
+    backbone = load_backbone(args.backbone, device=args.device)
+    if name == "textinv":
+        cfg = TextInvConfig(prior_path=str(args.prior) if args.prior else None)
+        inv = cfg.inversion
+        if getattr(args, "token_start", None) is not None:
+            inv = replace(inv, token_start=args.token_start)
+        if getattr(args, "n_tokens", None) is not None:
+            inv = replace(inv, n_tokens=args.n_tokens)
+        share = getattr(args, "embedding_share", None)
+        return TextInvCodec(backbone, replace(cfg, inversion=inv, embedding_share=cfg.embedding_share if share is None else share))
+    return DiffEICCodec(backbone, weights_dir=args.weights)
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from .bitstream import write_bitstream
-    from .codecs import CompressOptions, load_codec
+    from .codecs import CompressOptions
     from .data import load_image
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
                            guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
                            inversion_steps=args.inversion_steps)
-    codec = load_codec(args.codec, args.backbone, args.device)
+    codec = _make_codec(args.codec, args)
     t0 = time.perf_counter()
     bs = codec.compress(x, opts)
     n = write_bitstream(args.output, bs)
@@ -211,14 +256,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from .bitstream import read_bitstream
-    from .codecs import load_codec
     from .data import save_image
     from .errors import ParameterError
 
     if not 1 <= args.samples <= 64:
         raise ParameterError(f"--samples must be in 1..64, got {args.samples}")
     bs = read_bitstream(args.file)
-    codec = load_codec(bs.codec, args.backbone, args.device)
+    codec = _make_codec(bs.codec, args)
     outputs = []
     for k in range(args.samples):
         x = codec.decompress(bs, sample=k)
@@ -258,41 +302,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "textinv-prior":
         from .backbone import load_backbone
         from .data import list_images, load_image, training_photos_dir
-        from .textual_inversion import InversionConfig, fit_embedding_prior
+        from .textual_inversion import InversionConfig, fit_embedding_prior, prior_path
 
-        b = load_backbone(args.backbone, device="cpu")
+        b = load_backbone(args.backbone, device=args.device)
         folder = Path(args.data) if args.data else training_photos_dir()
         images = [load_image(p) for p in list_images(folder)[: args.images]]
-        prior = fit_embedding_prior(b, images, InversionConfig(steps=args.inversion_steps, lmbda=0.0))
-        out = Path(args.out) if args.out else b.path
-        if out is None:
-            raise EGCError("this backbone has no folder: give --out")
+        cfg = InversionConfig(steps=args.inversion_steps, lmbda=0.0, token_start=args.token_start, n_tokens=args.n_tokens)
+        prior = fit_embedding_prior(b, images, cfg)
+        out = Path(args.out) if args.out else prior_path(b.backbone_id)
         print(prior.save(out), f"sigma mean {float(prior.sigma.mean()):.4f}")
         return 0
     if args.what == "diffeic":
-        import torch
-
-        from .backbone import load_backbone
         from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
 
-        b = load_backbone(args.backbone, device=args.device, dtype=torch.float32)
         model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                  max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from)
-        print(train_diffeic(cfg, b))
+        print(train_diffeic(cfg, args.backbone, device=args.device))  # the Accelerator first, then the backbone on its device
         return 0
     if args.what == "diffeic-export":
         from .errors import ParameterError
 
         if (args.out is None) == (args.quality is None):  # checked before the slow imports
             raise ParameterError("give either --out FOLDER or --quality N")
-        from .codecs.diffeic import DIFFEIC_WEIGHTS, QUALITY_LAMBDA
-        from .diffeic import export_diffeic
+        from .codecs.diffeic import QUALITY_LAMBDA, rate_points_root
+        from .diffeic import checkpoint_backbone_id, export_diffeic
 
         if args.quality is not None and args.quality not in QUALITY_LAMBDA:
             raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")
-        print(export_diffeic(args.ckpt, args.out or DIFFEIC_WEIGHTS / f"q{args.quality}"))
+        out = args.out or rate_points_root() / checkpoint_backbone_id(args.ckpt) / f"q{args.quality}"
+        print(export_diffeic(args.ckpt, out))
         return 0
     if args.what == "export":
         from .train_backbone import export_backbone
@@ -317,10 +357,28 @@ def _quiet_dependencies() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _one_line_warnings() -> None:
+    """Print egc_lite's own warnings as ``egc: warning: ...`` (one line, no source line)."""
+    import warnings
+
+    from .errors import EGCWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EGCWarning):
+            print(f"egc: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _progress(args)
     _quiet_dependencies()
+    _one_line_warnings()
     try:
         return COMMANDS[args.command](args)
     except EGCError as exc:

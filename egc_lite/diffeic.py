@@ -421,9 +421,11 @@ class DiffEICModel(nn.Module):
     def denoiser(self, backbone, c: torch.Tensor):
         """A :class:`~egc_lite.sampling.Denoiser` for :func:`~egc_lite.sampling.ddim_sample` steered by ``c``."""
 
+        from .sampling import output_to_epsilon
+
         def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return self.predict_noise(backbone.unet, z_t, t, cond, c)
+                return output_to_epsilon(backbone, self.predict_noise(backbone.unet, z_t, t, cond, c), z_t.float(), t)
 
         return denoise
 
@@ -557,10 +559,12 @@ class DiffEICTrainConfig:
 class DiffEICLoss(nn.Module):
     """:math:`\\|\\epsilon-\\hat\\epsilon\\|^2 + \\lambda_a\\|c-z_0\\|^2 + \\lambda R` (module docstring); the UNet is frozen."""
 
-    def __init__(self, model: DiffEICModel, unet, null_cond: torch.Tensor, alphas: torch.Tensor) -> None:
+    def __init__(self, model: DiffEICModel, unet, null_cond: torch.Tensor, alphas: torch.Tensor,
+                 prediction_type: str = "epsilon") -> None:
         super().__init__()
         self.model = model
         self.unet = unet  # frozen; its parameters have requires_grad False
+        self.prediction_type = prediction_type  # the UNet's output: epsilon, or v (then the loss is on v)
         self.register_buffer("null_cond", null_cond.detach().float().clone())
         self.register_buffer("alphas", alphas.detach().float().clone())
 
@@ -572,8 +576,9 @@ class DiffEICLoss(nn.Module):
         a = self.alphas[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
         cond = self.null_cond.expand(x.shape[0], -1, -1)
-        eps_hat = self.model.predict_noise(self.unet, z_t, t, cond, c)
-        mse = F.mse_loss(eps_hat, eps)
+        out = self.model.predict_noise(self.unet, z_t, t, cond, c)
+        target = eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
+        mse = F.mse_loss(out, target)
         align = F.mse_loss(c, z0)
         bpp = likelihood_bits(lik) / (x.shape[0] * x.shape[2] * x.shape[3])
         loss = mse + cfg.alignment_weight * align + cfg.lmbda * bpp
@@ -585,23 +590,42 @@ def _log(ckpt: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
+def _place_backbone(backbone, dev: torch.device):
+    """Move a float32 backbone's UNet, VAE and null embedding to this process's device."""
+    backbone.unet.to(dev)
+    backbone.vae.to(dev)
+    backbone.null_cond = backbone.null_cond.to(dev)
+    backbone.device = dev
+    return backbone
+
+
+def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Path:
     """Train (or resume) one rate point on random crops of the training photos; returns the checkpoint.
 
-    The checkpoint ``<ckpt_dir>/diffeic.pt`` holds the model, both optimizers, the step, the
-    configuration, the backbone id and the UNet summary (so :func:`export_diffeic` needs no
-    backbone). Losses go to ``<ckpt_dir>/diffeic_log.jsonl``. Runs under Accelerate like
-    :func:`egc_lite.train_backbone.train` (each process its own seeded crops; main process saves).
+    ``backbone`` is a loaded :class:`~egc_lite.backbone.Backbone` or a spec for
+    :func:`~egc_lite.backbone.load_backbone`. The Accelerator is created first and the backbone
+    (UNet and VAE) is placed on ``accelerator.device``, so under ``accelerate launch`` every rank
+    holds its own copy on its own GPU. The checkpoint ``<ckpt_dir>/diffeic.pt`` holds the model,
+    both optimizers, the step, the configuration, the backbone id and the UNet summary (so
+    :func:`export_diffeic` needs no backbone). Losses go to ``<ckpt_dir>/diffeic_log.jsonl``;
+    ``<ckpt_dir>/ranks.json`` says whether all ranks ended with equal weights (``ranks_equal``). Each process
+    draws its own seeded crops; the main process saves.
     """
     from accelerate import Accelerator
 
+    from .backbone import load_backbone
     from .data import training_photos_dir
     from .train_backbone import CropSampler, _save
 
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    acc = Accelerator(cpu=backbone.device.type == "cpu")
+    if isinstance(backbone, str):
+        acc = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+        backbone = load_backbone(backbone, device=acc.device, dtype=torch.float32)
+    else:
+        acc = Accelerator(cpu=backbone.device.type == "cpu")
+        backbone = _place_backbone(backbone, acc.device)
     dev = acc.device
     ckpt = Path(cfg.ckpt_dir)
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -626,7 +650,8 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
     elif cfg.init_from:
         model.load_state_dict(_init_weights(Path(cfg.init_from), model))
     model.train()
-    loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod).to(dev)
+    loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod,
+                           backbone.prediction_type).to(dev)
     named = list(model.named_parameters())
     main_params = [p for n, p in named if not n.endswith("quantiles")]
     aux_params = [p for n, p in named if n.endswith("quantiles")]
@@ -670,6 +695,10 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone) -> Path:
             break
     if state is None and done == first and acc.is_main_process:  # zero steps asked: still leave a checkpoint
         _save(path, _blob(model, opt, aux_opt, done, cfg, backbone.backbone_id))
+    prints = acc.gather(torch.tensor([acc.unwrap_model(loss_mod).model.fingerprint()], dtype=torch.int64, device=dev))
+    if acc.is_main_process:
+        record = {"step": done, "processes": acc.num_processes, "ranks_equal": bool((prints == prints[0]).all())}
+        (ckpt / "ranks.json").write_text(json.dumps(record))
     return path
 
 
@@ -697,6 +726,15 @@ def _blob(model: DiffEICModel, opt, aux_opt, step: int, cfg: DiffEICTrainConfig,
     return {"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step,
             "config": asdict(cfg), "backbone_id": backbone_id, "unet": model.unet_cfg,
             "latent_channels": model.latent_channels, "vae_factor": model.vae_factor}
+
+
+def checkpoint_backbone_id(ckpt: str | Path) -> str:
+    """The backbone id a training checkpoint (folder or ``diffeic.pt``) was trained for."""
+    p = Path(ckpt)
+    p = p / "diffeic.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ModelNotFoundError(f"no DiffEIC checkpoint at {p}: train one with `egc train diffeic --ckpt {p.parent}`")
+    return str(torch.load(p, map_location="cpu", weights_only=False)["backbone_id"])
 
 
 def export_diffeic(ckpt: str | Path, out_dir: str | Path) -> Path:

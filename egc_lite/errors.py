@@ -27,3 +27,8 @@ class ModelNotFoundError(EGCError, FileNotFoundError):
 
 class ParameterError(EGCError, ValueError):
     """A parameter has a value the kit cannot use."""
+
+
+class EGCWarning(UserWarning):
+    """Something works but not as well as it should (e.g. codec A without a fitted prior); the
+    command line prints it as ``egc: warning: ...``."""

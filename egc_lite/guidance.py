@@ -14,8 +14,13 @@ At step :math:`t`, with :math:`\\hat z_0(z_t)` Tweedie's estimate (see :mod:`egc
 
 The factor :math:`\\sqrt{\\bar\\alpha_t}` is this kit's choice (the paper gives no code): with the
 noise prediction held constant, :math:`\\nabla_{z_t}\\mathcal{L} = \\nabla_{\\hat z_0}\\mathcal{L}/\\sqrt{\\bar\\alpha_t}`,
-so :math:`s_c` is a step size in the clean-latent space at every :math:`t`, and the same
-:math:`s_c` works from the noisiest step to the last.
+so the correction is :math:`-s_c\\nabla_{\\hat z_0}\\mathcal{L}`. It is added to :math:`z_{t'}`, not to
+:math:`\\hat z_0`: the next step's clean estimate :math:`\\hat z_0' = (z_{t'} - \\sqrt{1-\\bar\\alpha_{t'}}\\,\\epsilon')/\\sqrt{\\bar\\alpha_{t'}}`
+moves by :math:`-(s_c/\\sqrt{\\bar\\alpha_{t'}})\\,\\nabla_{\\hat z_0}\\mathcal{L}`. So :math:`s_c` is a step in the
+clean-latent space only up to the factor :math:`1/\\sqrt{\\bar\\alpha_{t'}}`: 11.7 at the first of 50 DDIM
+steps on Stable Diffusion's schedule (:math:`t' = 961`), falling to 1.0 at the last. Early steps are
+pulled hardest, which is where the guide's coarse layout should be settled
+(``tests/test_analytic.py`` checks this size exactly with a Gaussian denoiser).
 
 Modes (the cost is a decoder pass and its gradient per guided step):
 

@@ -8,7 +8,10 @@ product of alphas, one deterministic DDIM step (:math:`\\eta = 0`, Song et al. e
     z_{t'} = \\sqrt{\\bar\\alpha_{t'}}\\,\\hat z_0 + \\sqrt{1-\\bar\\alpha_{t'}}\\,\\hat\\epsilon,
 
 where classifier-free guidance forms :math:`\\hat\\epsilon = \\epsilon_u + s_f(\\epsilon_c - \\epsilon_u)`
-from the unconditional and conditional predictions. A ``guidance`` hook may add a correction
+from the unconditional and conditional predictions. A UNet that predicts
+:math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,z_0` (Salimans & Ho 2022, eq. 12;
+SD 2.1 at 768 px) is converted with :math:`\\epsilon = \\sqrt{\\bar\\alpha_t}\\,v + \\sqrt{1-\\bar\\alpha_t}\\,z_t`
+(:func:`output_to_epsilon`), so the loop, CFG and the guidance hooks always see a noise prediction. A ``guidance`` hook may add a correction
 to :math:`z_{t'}` (codec A's compression guidance subtracts :math:`s_c\\nabla_{z_t}\\mathcal{L}`). The initial noise comes from a CPU
 generator seeded by ``seed``, so a seed gives the same start on every device.
 """
@@ -68,11 +71,43 @@ class SamplerConfig:
             raise ParameterError(f"guidance scale must be in [-50, 50], got {self.guidance_scale}")
 
 
+def _alpha_bars(backbone: Backbone, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """:math:`\\bar\\alpha_t` per batch item, shaped to broadcast over ``like`` (B, C, h, w)."""
+    a = backbone.scheduler.alphas_cumprod.to(like.device)[t.to(like.device).long()]
+    return a.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def output_to_epsilon(backbone: Backbone, output: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The noise prediction from a UNet output: itself for ``epsilon`` models,
+    :math:`\\sqrt{\\bar\\alpha_t}\\,v + \\sqrt{1-\\bar\\alpha_t}\\,z_t` for ``v_prediction`` models."""
+    kind = backbone.prediction_type
+    if kind == "epsilon":
+        return output
+    if kind == "v_prediction":
+        a = _alpha_bars(backbone, t, output)
+        return a.sqrt() * output + (1 - a).sqrt() * z_t.to(output)
+    raise ParameterError(f"unsupported prediction type {kind!r}: use an epsilon or v_prediction model")
+
+
+def training_target(backbone: Backbone, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output at :math:`z_t = \\sqrt{\\bar\\alpha_t}z_0 + \\sqrt{1-\\bar\\alpha_t}\\epsilon`:
+    :math:`\\epsilon`, or :math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,z_0` (the loss of
+    textual inversion and of DiffEIC's training uses the backbone's own parametrisation)."""
+    kind = backbone.prediction_type
+    if kind == "epsilon":
+        return eps
+    if kind == "v_prediction":
+        a = _alpha_bars(backbone, t, eps)
+        return a.sqrt() * eps - (1 - a).sqrt() * z0
+    raise ParameterError(f"unsupported prediction type {kind!r}: use an epsilon or v_prediction model")
+
+
 def unet_denoiser(backbone: Backbone) -> Denoiser:
-    """The backbone's UNet as a :class:`Denoiser`."""
+    """The backbone's UNet as a :class:`Denoiser` (its output converted to a noise prediction)."""
 
     def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return backbone.unet(z_t.to(backbone.dtype), t, encoder_hidden_states=cond.to(backbone.dtype)).sample.float()
+        out = backbone.unet(z_t.to(backbone.dtype), t, encoder_hidden_states=cond.to(backbone.dtype)).sample.float()
+        return output_to_epsilon(backbone, out, z_t.float(), t)
 
     return denoise
 
@@ -83,8 +118,18 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
+def check_steps(backbone: Backbone, steps: int) -> None:
+    """Raise :class:`ParameterError` when the scheduler cannot take ``steps`` DDIM steps (its
+    ``steps_offset`` would push the first timestep past the last trained one)."""
+    cfg = backbone.scheduler.config
+    most = int(cfg.num_train_timesteps) - int(getattr(cfg, "steps_offset", 0) or 0)
+    if not 1 <= steps <= most:
+        raise ParameterError(f"steps must be in 1..{most} for this backbone's scheduler, got {steps}")
+
+
 def timesteps(backbone: Backbone, steps: int) -> list[int]:
     """The scheduler's DDIM timesteps for ``steps`` steps, from noisiest to cleanest."""
+    check_steps(backbone, steps)
     sched = backbone.scheduler
     sched.set_timesteps(steps)
     return [int(t) for t in sched.timesteps]

@@ -16,23 +16,55 @@ on the training photos and shipped with the backbone). Additive uniform noise st
 rounding while optimizing; each step sees ``batch`` random latent crops (``crop`` latent pixels a
 side, the size egc-tiny was trained at), a cheaper estimate of the expectation over the whole
 image than the whole latent at every step; the transmitted symbols are :math:`q = \\mathrm{round}((e - e_\\varnothing)/\\Delta)`.
+For a ``v_prediction`` backbone the squared error is taken on :math:`v` (the model's own target,
+:func:`egc_lite.sampling.training_target`) instead of :math:`\\epsilon`.
+
+Token window: on a Stable Diffusion backbone (``backbone.bos``: position 0 is the text encoder's
+BOS token, identical for every prompt) the default optimizes :data:`SD_TOKENS` positions after
+it, as textual inversion learns a few pseudo-words; the other positions keep the empty prompt's
+values. On egc-tiny (no BOS) every position is optimized.
+
+Priors: :meth:`EmbeddingPrior.for_backbone` looks in the user's prior folder for the backbone id
+(:func:`prior_path`, written by ``egc train textinv-prior``), then beside the backbone (egc-tiny
+ships one), and otherwise falls back, with an :class:`~egc_lite.errors.EGCWarning`, to an unfitted
+scale. A prior is never part of the backbone id; codec A's header carries its fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .backbone import Backbone
-from .errors import ParameterError
+from .errors import EGCWarning, ParameterError
 from .progress import progress
+from .sampling import training_target
 
 PRIOR_FILE = "textinv_prior.safetensors"
-#: Scale of the unfitted prior (used when a backbone ships no fitted one).
+#: Scale of the unfitted prior (used when no fitted one is found).
 DEFAULT_SIGMA = 0.1
+#: Positions optimized after the BOS token on a Stable Diffusion backbone (the default window).
+SD_TOKENS = 4
+
+
+def priors_root() -> Path:
+    """Where ``egc train textinv-prior`` writes priors: ``$EGC_PRIORS``, else ``~/.cache/egc_lite/priors``."""
+    env = os.environ.get("EGC_PRIORS", "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "egc_lite" / "priors"
+
+
+def prior_path(backbone_id: str) -> Path:
+    """The user's prior file for a backbone id (outside every model folder)."""
+    return priors_root() / backbone_id / PRIOR_FILE
 
 
 @dataclass(frozen=True)
@@ -44,23 +76,38 @@ class InversionConfig:
     batch: int = 2  # timesteps drawn per optimization step
     lmbda: float = 0.05  # weight of the embedding's rate (bits per image pixel) against the denoising MSE
     step_size: float = 0.05  # Delta, the quantization step
-    token_start: int = 0  # first optimized token position (1 for SD: keeps the BOS token)
-    n_tokens: int | None = None  # number of optimized positions (None: all from token_start)
+    token_start: int | None = None  # first optimized position (None: 1 after a BOS token, else 0)
+    n_tokens: int | None = None  # optimized positions (None: SD_TOKENS after a BOS token, else all from token_start)
     seed: int = 0
     crop: int | None = 32  # optimize on random crops of this many latent pixels (None: the whole latent)
 
     def token_slice(self, backbone: Backbone) -> slice:
-        n = backbone.n_tokens - self.token_start if self.n_tokens is None else self.n_tokens
-        if self.token_start < 0 or n < 1 or self.token_start + n > backbone.n_tokens:
+        """The optimized positions on ``backbone`` (the defaults resolved, see the module docstring)."""
+        start = self.token_start if self.token_start is not None else (1 if backbone.bos else 0)
+        if self.n_tokens is not None:
+            n = self.n_tokens
+        else:
+            n = min(SD_TOKENS, backbone.n_tokens - start) if backbone.bos else backbone.n_tokens - start
+        if start < 0 or n < 1 or start + n > backbone.n_tokens:
             raise ParameterError(
-                f"token positions {self.token_start}..{self.token_start + n - 1} do not fit the backbone's "
+                f"token positions {start}..{start + n - 1} do not fit the backbone's "
                 f"{backbone.n_tokens} conditioning tokens"
             )
-        return slice(self.token_start, self.token_start + n)
+        return slice(start, start + n)
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or self.step_size <= 0 or self.lmbda < 0:
             raise ParameterError(f"invalid inversion settings: {self}")
+
+
+def _log2_bin_probability(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """:math:`\\log_2 P(q)` of :math:`|q| = v` under :math:`\\mathcal{N}(0, s^2)` integrated over the bin
+    :math:`[v - \\frac12, v + \\frac12]`, computed on the lower tail, :math:`\\Phi(\\frac{\\frac12 - v}{s}) -
+    \\Phi(\\frac{-\\frac12 - v}{s})` (CompressAI's ``GaussianConditional._likelihood``), in log space, so it
+    neither saturates nor loses its gradient far from zero."""
+    hi = torch.special.log_ndtr((0.5 - v) / s)
+    lo = torch.special.log_ndtr((-0.5 - v) / s)
+    return (hi + torch.log(-torch.expm1(lo - hi))) / math.log(2.0)
 
 
 @dataclass
@@ -69,38 +116,68 @@ class EmbeddingPrior:
 
     sigma: torch.Tensor  # (cond_dim,)
     fitted: bool = False
+    source: str = "unfitted default"
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone) -> "EmbeddingPrior":
-        """The prior shipped beside the backbone, or the unfitted default."""
-        if backbone.path is not None and (Path(backbone.path) / PRIOR_FILE).exists():
-            from safetensors.torch import load_file
+    def load(cls, path: str | Path, cond_dim: int) -> "EmbeddingPrior":
+        """A prior file (or a folder holding :data:`PRIOR_FILE`) for embeddings of width ``cond_dim``."""
+        from safetensors.torch import load_file
 
-            sigma = load_file(Path(backbone.path) / PRIOR_FILE)["sigma"].float()
-            if sigma.shape != (backbone.cond_dim,):
-                raise ParameterError(f"{PRIOR_FILE} has shape {tuple(sigma.shape)}, expected ({backbone.cond_dim},)")
-            return cls(sigma=sigma, fitted=True)
+        path = Path(path)
+        path = path / PRIOR_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ParameterError(f"no embedding prior at {path}: fit one with `egc train textinv-prior`")
+        try:
+            sigma = load_file(path)["sigma"].float()
+        except Exception as exc:
+            raise ParameterError(f"{path} is not an embedding prior ({type(exc).__name__})") from None
+        if sigma.shape != (cond_dim,) or not bool(torch.isfinite(sigma).all()) or not bool((sigma > 0).all()):
+            raise ParameterError(f"{path} holds scales of shape {tuple(sigma.shape)}; expected ({cond_dim},), positive")
+        return cls(sigma=sigma, fitted=True, source=str(path))
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, path: str | Path | None = None) -> "EmbeddingPrior":
+        """``path`` if given; else the user's prior for the backbone id (:func:`prior_path`); else the one
+        beside the backbone; else the unfitted default, with a loud :class:`EGCWarning`."""
+        candidates = [Path(path)] if path is not None else [prior_path(backbone.backbone_id)]
+        if path is None and backbone.path is not None:
+            candidates.append(Path(backbone.path) / PRIOR_FILE)
+        for c in candidates:
+            if path is not None or c.is_file():
+                return cls.load(c, backbone.cond_dim)
+        warnings.warn(
+            f"codec A has no fitted embedding prior for backbone {backbone.name!r} (id {backbone.backbone_id}): "
+            f"it uses sigma = {DEFAULT_SIGMA} for every channel, so the embedding gets few bits and the result is "
+            "mostly the guide image; fit one with `egc train textinv-prior --backbone ...` (README, GPU section)",
+            EGCWarning,
+            stacklevel=2,
+        )
         return cls(sigma=torch.full((backbone.cond_dim,), DEFAULT_SIGMA))
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, path: str | Path) -> Path:
+        """Write the prior to ``path`` (a ``.safetensors`` file, or a folder that gets :data:`PRIOR_FILE`)."""
         from safetensors.torch import save_file
 
-        path = Path(folder) / PRIOR_FILE
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path / PRIOR_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"sigma": self.sigma.float().contiguous()}, path)
         return path
+
+    def fingerprint(self) -> int:
+        """A 32-bit hash of the scales: codec A's header stores it, so a file never decodes under another prior."""
+        data = self.sigma.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        return int.from_bytes(hashlib.sha256(data).digest()[:4], "little")
 
     def symbol_scales(self, shape: tuple[int, int, int], step_size: float) -> torch.Tensor:
         """Scales of the symbols, shape ``(1, n, d)``: :math:`\\sigma_d/\\Delta`."""
         return (self.sigma / step_size).clamp_min(0.11).view(1, 1, -1).expand(shape).contiguous()
 
     def bits(self, symbols: torch.Tensor, step_size: float) -> torch.Tensor:
-        """Differentiable :math:`R = -\\sum\\log_2 P(q)`, P the Gaussian integrated over the bin."""
+        """Differentiable :math:`R = -\\sum\\log_2 P(q)`, P the Gaussian integrated over the bin (lower tail)."""
         s = self.symbol_scales(tuple(symbols.shape), step_size).to(symbols)
-        normal = torch.distributions.Normal(0.0, 1.0)
-        upper = normal.cdf((symbols.abs() + 0.5) / s)
-        lower = normal.cdf((symbols.abs() - 0.5) / s)
-        p = (upper - lower).clamp_min(1e-9)
-        return -torch.log2(p).sum()
+        return -_log2_bin_probability(symbols.abs(), s).sum()
 
 
 @dataclass
@@ -145,6 +222,8 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
     z0 = z0.detach().to(backbone.device, torch.float32)
     result = InversionResult(embedding=null.clone())
     pixels = z0.shape[-2] * z0.shape[-1] * backbone.vae_factor**2
+    # float16 backbones (CUDA): scale the loss so that small gradients survive the fp16 backward
+    scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     for _ in progress(range(config.steps), desc="textual inversion"):
         t = torch.randint(0, n_train, (config.batch,), generator=gen).to(backbone.device)
         eps = torch.randn((config.batch, z0.shape[1], *_crop_size(z0, config.crop)), generator=gen).to(backbone.device)
@@ -152,14 +231,16 @@ def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConf
         symbols = delta / config.step_size + u
         cond = null.clone()
         cond[:, sl] = null[:, sl] + config.step_size * symbols
-        zt = _noisy(backbone, _crops(z0, config.batch, config.crop, gen), t, eps)
+        crops = _crops(z0, config.batch, config.crop, gen)
+        zt = _noisy(backbone, crops, t, eps)
         pred = backbone.unet(zt.to(backbone.dtype), t, encoder_hidden_states=cond.expand(config.batch, -1, -1).to(backbone.dtype)).sample
-        mse = (pred.float() - eps).pow(2).mean()
+        mse = (pred.float() - training_target(backbone, crops, eps, t)).pow(2).mean()
         rate = prior.bits(symbols, config.step_size)
         loss = mse + config.lmbda * rate / pixels
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         result.losses.append(mse.item())
         result.rates.append(rate.item())
     emb = null.clone()
@@ -197,8 +278,9 @@ def denoising_loss_by_timestep(backbone: Backbone, z0: torch.Tensor, cond: torch
     for t in ts:
         eps = torch.randn(z0.shape, generator=gen).to(z0)
         zt = _noisy(backbone, z0, t.view(1).to(backbone.device), eps)
-        pred = backbone.unet(zt.to(backbone.dtype), t.view(1).to(backbone.device), encoder_hidden_states=cond.to(backbone.device, backbone.dtype)).sample
-        out.append((int(t), float((pred.float() - eps).pow(2).mean())))
+        tt = t.view(1).to(backbone.device)
+        pred = backbone.unet(zt.to(backbone.dtype), tt, encoder_hidden_states=cond.to(backbone.device, backbone.dtype)).sample
+        out.append((int(t), float((pred.float() - training_target(backbone, z0, eps, tt)).pow(2).mean())))
     return out
 
 
@@ -239,8 +321,8 @@ def fit_embedding_prior(backbone: Backbone, images: list[torch.Tensor], config: 
         xp, _ = pad_to_multiple(x[None], mult)
         with torch.no_grad():
             z0 = backbone.encode(xp.to(backbone.device))
-        res = invert_embedding(backbone, z0, replace(config, seed=k), EmbeddingPrior(torch.ones(backbone.cond_dim)))
+        res = invert_embedding(backbone, z0.float(), replace(config, seed=k), EmbeddingPrior(torch.ones(backbone.cond_dim)))
         residuals.append((res.embedding[:, sl] - backbone.null_cond.float()[:, sl]).reshape(-1, backbone.cond_dim).cpu())
     r = torch.cat(residuals)
-    return EmbeddingPrior(sigma=r.pow(2).mean(0).sqrt().clamp_min(1e-4), fitted=True)
+    return EmbeddingPrior(sigma=r.pow(2).mean(0).sqrt().clamp_min(1e-4), fitted=True, source="fitted")
 

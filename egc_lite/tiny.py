@@ -84,7 +84,7 @@ def build_vae(cfg: TinyBackboneConfig) -> AutoencoderKL:
     )
 
 
-def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
+def build_unet(cfg: TinyBackboneConfig, **overrides) -> UNet2DConditionModel:
     """A ``UNet2DConditionModel`` with cross-attention on all but the finest level (and the pooled path when asked)."""
     n = len(cfg.unet_channels)
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
@@ -107,7 +107,7 @@ def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
         # ``cfg.attention_head_dim`` channels. (The first release passed 32 and got 32 heads of 2-4
         # channels: weak attention, and 3.5x slower on a CPU.)
         attention_head_dim=tuple(max(1, c // cfg.attention_head_dim) for c in cfg.unet_channels),
-        **extra,
+        **{**extra, **overrides},
     )
     if cfg.global_cond_heads > 0:
         nn.init.zeros_(unet.add_embedding.norm2.weight)
@@ -115,8 +115,9 @@ def build_unet(cfg: TinyBackboneConfig) -> UNet2DConditionModel:
     return unet
 
 
-def build_scheduler() -> DDIMScheduler:
-    """Stable Diffusion's noise schedule (scaled linear betas, 1000 steps, epsilon prediction)."""
+def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """Stable Diffusion's noise schedule (scaled linear betas, 1000 steps; epsilon prediction, or
+    ``"v_prediction"`` as SD 2.1 at 768 px)."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -125,7 +126,7 @@ def build_scheduler() -> DDIMScheduler:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
@@ -196,21 +197,40 @@ def build_components(cfg: TinyBackboneConfig, seed: int = 0) -> TinyComponents:
     return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(), null_cond=null_cond, config=cfg)
 
 
-def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_CONFIG, max_length: int = 8):
+#: The real Stable Diffusion configurations a tiny folder can imitate: text width, tokens,
+#: prediction type and the UNet's attention projection (SD 2.x uses linear projections).
+SD_LAYOUTS: dict[str, dict] = {
+    "sd15": {"cond_dim": 768, "max_length": 77, "prediction_type": "epsilon", "use_linear_projection": False},
+    "sd21-base": {"cond_dim": 1024, "max_length": 77, "prediction_type": "epsilon", "use_linear_projection": True},
+    "sd21": {"cond_dim": 1024, "max_length": 77, "prediction_type": "v_prediction", "use_linear_projection": True},
+}
+
+
+def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_CONFIG, max_length: int = 8,
+                         layout: str | None = None):
     """Write a tiny random model in the Stable Diffusion folder layout (``vae/``, ``unet/``,
     ``scheduler/``, ``text_encoder/``, ``tokenizer/``), as diffusers' tests do, so the SD loading
-    path (null embedding from the text encoder included) runs offline. Returns the folder."""
+    path (null embedding from the text encoder included) runs offline. ``layout`` (a key of
+    :data:`SD_LAYOUTS`) imitates a real configuration: its text width, 77 tokens with BOS, its
+    prediction type. Returns the folder."""
     import json
     from pathlib import Path
 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    spec = SD_LAYOUTS[layout] if layout is not None else {}
+    cfg = replace(cfg, global_cond_heads=0, cond_dim=spec.get("cond_dim", cfg.cond_dim))  # SD's UNet has no pooled path
+    max_length = spec.get("max_length", max_length)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    comps = build_components(replace(cfg, global_cond_heads=0), seed=seed)  # SD's UNet has no pooled path
+    comps = build_components(cfg, seed=seed)
+    unet = comps.unet
+    if spec.get("use_linear_projection"):
+        torch.manual_seed(seed)
+        unet = build_unet(cfg, use_linear_projection=True)
     comps.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    comps.unet.save_pretrained(folder / "unet", safe_serialization=True)
-    comps.scheduler.save_pretrained(folder / "scheduler")
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    build_scheduler(spec.get("prediction_type", "epsilon")).save_pretrained(folder / "scheduler")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
@@ -226,9 +246,29 @@ def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_C
         p.unlink()
     raw.rmdir()
     torch.manual_seed(seed)
-    text_cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=cfg.cond_dim, intermediate_size=2 * cfg.cond_dim,
-                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_length,
+    text_cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=cfg.cond_dim, intermediate_size=64,
+                              num_hidden_layers=1 if layout else 2, num_attention_heads=2, max_position_embeddings=max_length,
                               bos_token_id=0, eos_token_id=1, pad_token_id=1)
     CLIPTextModel(text_cfg).save_pretrained(folder / "text_encoder", safe_serialization=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1"}))
     return folder
+
+
+def write_fp16_variant_folder(src, dst):
+    """Copy an SD folder keeping only float16 ``variant="fp16"`` weights (as a cache that downloaded
+    ``--variant fp16`` holds). Returns ``dst``."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import CLIPTextModel
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    for sub, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
+        if not (dst / sub).is_dir():
+            continue
+        model = cls.from_pretrained(src / sub).half()
+        for f in (dst / sub).glob("*.safetensors"):
+            f.unlink()
+        model.save_pretrained(dst / sub, safe_serialization=True, variant="fp16")
+    return dst

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("EGC_PROGRESS", "0")
+# the user's priors and rate points (~/.cache/egc_lite) never leak into the tests
+_USER_FILES = tempfile.mkdtemp(prefix="egc-user-")
+os.environ.setdefault("EGC_PRIORS", os.path.join(_USER_FILES, "priors"))
+os.environ.setdefault("EGC_DIFFEIC_WEIGHTS", os.path.join(_USER_FILES, "diffeic"))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "EGC_DATA" not in os.environ and (SHARED_DATA / "kodak").is_dir():
     os.environ["EGC_DATA"] = str(SHARED_DATA)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from egc_lite.backbone import load_backbone, save_backbone, tiny_random_backbone
+import egc_lite
+from egc_lite.backbone import ID_CHARS, load_backbone, save_backbone, tiny_random_backbone
 from egc_lite.errors import ModelNotFoundError, ParameterError
 
 
@@ -25,7 +29,7 @@ def test_tiny_random_is_seeded_and_shaped(tiny_backbone):
 def test_sd_layout_folder_loads_with_text_encoder(sd_folder):
     b = load_backbone(str(sd_folder), device="cpu")
     assert b.null_cond.shape == (1, 8, 16)  # max_length tokens x hidden size from the text encoder
-    assert b.backbone_id.startswith("sd:")
+    assert b.name == "sd" and b.bos  # the CLIP tokenizer puts BOS at position 0
     again = load_backbone(str(sd_folder), device="cpu")
     assert again.backbone_id == b.backbone_id
     assert torch.equal(again.null_cond, b.null_cond)
@@ -78,7 +82,9 @@ def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     b = load_backbone("egc-tiny", device="cpu")
-    assert b.backbone_id.startswith("egc-tiny:") and b.vae_factor == 8 and b.latent_channels == 4
+    assert b.name == "egc-tiny" and b.vae_factor == 8 and b.latent_channels == 4
+    shipped = json.loads((Path(egc_lite.__file__).parent / "weights/diffeic/q3/config.json").read_text())
+    assert shipped["backbone_id"] == b.backbone_id  # the shipped rate points record the content id
     assert b.dtype == torch.float32 and next(b.unet.parameters()).dtype == torch.float32
     z = ddim_sample(b, b.null_cond, (8, 8), SamplerConfig(steps=2, guidance_scale=3.0, seed=0))
     x = b.decode(z)
@@ -93,3 +99,49 @@ def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image)
         rand = ((untrained.decode(untrained.encode(smooth * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
     # a trained autoencoder: far closer to its input than the same architecture untrained
     assert float((rec - smooth).pow(2).mean()) < 0.5 * float((rand - smooth).pow(2).mean())
+
+
+def test_backbone_id_is_a_short_content_id(tmp_path, sd_folder):
+    """Issue 11, fault 4: the id hashes what is loaded, not folder names or the files beside it."""
+    b = load_backbone(str(sd_folder), device="cpu")
+    assert len(b.backbone_id) == ID_CHARS and int(b.backbone_id, 16) >= 0 and "sd" not in b.backbone_id
+    renamed = shutil.copytree(sd_folder, tmp_path / "another-name")
+    assert load_backbone(str(renamed), device="cpu").backbone_id == b.backbone_id
+    # other variants cached beside the weights, and codec A's prior (fault 3), change nothing
+    shutil.copy(renamed / "unet/diffusion_pytorch_model.safetensors", renamed / "unet/diffusion_pytorch_model.fp16.safetensors")
+    from egc_lite.textual_inversion import EmbeddingPrior
+
+    EmbeddingPrior(sigma=torch.full((b.cond_dim,), 0.3)).save(renamed)
+    (renamed / "notes.json").write_text("{}")
+    assert load_backbone(str(renamed), device="cpu").backbone_id == b.backbone_id
+    # other weights: another id
+    other = tiny_random_backbone(seed=9)
+    assert other.backbone_id != tiny_random_backbone(seed=0).backbone_id
+
+
+def test_fp16_variant_only_folder_loads(tmp_path, sd_folder):
+    """Issue 11, fault 6: a cache with only ``*.fp16.safetensors`` loads (variant and dtype passed)."""
+    from egc_lite.tiny import write_fp16_variant_folder
+
+    folder = write_fp16_variant_folder(sd_folder, tmp_path / "fp16-only")
+    assert not list(folder.rglob("diffusion_pytorch_model.safetensors"))
+    b = load_backbone(str(folder), device="cpu")
+    assert b.dtype == torch.float32 and next(b.unet.parameters()).dtype == torch.float32
+    ref = load_backbone(str(sd_folder), device="cpu")
+    for p, q in zip(b.unet.parameters(), ref.unet.parameters()):
+        assert torch.equal(p, q.half().float())
+
+
+def test_broken_weights_raise_model_not_found(tmp_path, sd_folder):
+    folder = shutil.copytree(sd_folder, tmp_path / "broken")
+    (folder / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelNotFoundError, match="cannot load"):
+        load_backbone(str(folder), device="cpu")
+
+
+def test_sample_prediction_type_is_refused(tmp_path, sd_folder):
+    folder = shutil.copytree(sd_folder, tmp_path / "x0")
+    cfg = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    (folder / "scheduler/scheduler_config.json").write_text(json.dumps({**cfg, "prediction_type": "sample"}))
+    with pytest.raises(ModelNotFoundError, match="predicts 'sample'"):
+        load_backbone(str(folder), device="cpu")

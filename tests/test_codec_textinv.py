@@ -104,3 +104,65 @@ def test_stable_diffusion_layout_path(sd_folder):
     assert bs.params["t0"] == 1 and bs.params["nt"] == 2
     y = codec.decompress(decode_bitstream(encode_bitstream(bs), b.backbone_id))
     assert y.shape == (3, 64, 64)
+
+
+# ---------------------------------------------------------------- issue 11, fault 8 (rate details) and 3 (priors)
+def test_rate_term_keeps_its_gradient_far_from_zero():
+    """|e - e_null| = 1.0 at the default step 0.05 with sigma 0.1: Phi(a) - Phi(b) saturated in float32."""
+    from egc_lite.textual_inversion import EmbeddingPrior
+
+    prior = EmbeddingPrior(sigma=torch.full((4,), 0.1))
+    sym = torch.full((1, 1, 4), 20.0, requires_grad=True)
+    bits = prior.bits(sym, 0.05)
+    (grad,) = torch.autograd.grad(bits, sym)
+    assert bool(torch.isfinite(grad).all()) and bool((grad > 1).all())  # pulls the symbols towards zero
+    import math
+
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731  (lower tail: exact in float64)
+    p = phi(-19.5 / 2) - phi(-20.5 / 2)
+    assert abs(float(bits.detach()) - 4 * -math.log2(p)) < 1e-3 * float(bits.detach())
+
+
+def test_encoder_and_decoder_use_the_same_fixed_point_step(tiny_backbone, image):
+    """A step the header cannot hold exactly (0.00014 -> 1 unit of 1e-4) must not desynchronise the decoder."""
+    from egc_lite.codecs.textinv import FIXED
+    from egc_lite.textual_inversion import quantize_embedding
+
+    cfg = dataclasses.replace(FAST, inversion=InversionConfig(steps=3, step_size=0.00014, lr=0.01))
+    codec = TextInvCodec(tiny_backbone, cfg)
+    bs = codec.compress(image, CompressOptions(bpp=2.0))
+    step = bs.params["dq"] / FIXED
+    inv = codec.invert(image, dataclasses.replace(cfg, inversion=dataclasses.replace(cfg.inversion, seed=0)))
+    sent = quantize_embedding(tiny_backbone, inv.embedding, cfg.inversion, step)
+    got = codec.decode_embedding(bs.sections["emb"], sent.shape[1], step)
+    assert torch.equal(got, sent) and bool((sent != 0).any())
+
+
+def test_codec_a_tables_are_shipped_not_rebuilt(monkeypatch, tiny_backbone):
+    import egc_lite.entropy as entropy
+    from egc_lite.codecs.textinv import load_tables
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("codec A rebuilt its tables at run time")
+
+    monkeypatch.setattr(entropy, "update_tables", no_rebuild)
+    codec = TextInvCodec(tiny_backbone, FAST)
+    sym = torch.randint(-3, 4, (1, 2, tiny_backbone.cond_dim)).float()
+    assert torch.equal(codec.decode_embedding(codec.encode_embedding(sym, 0.05), 2, 0.05), sym)
+    monkeypatch.undo()
+    from compressai.entropy_models import GaussianConditional
+
+    fresh = GaussianConditional(None)
+    entropy.update_tables(fresh)
+    shipped = load_tables()
+    assert torch.equal(shipped._quantized_cdf, fresh._quantized_cdf) and torch.equal(shipped._offset, fresh._offset)
+
+
+def test_a_file_made_under_another_prior_is_refused(tmp_path, tiny_backbone, stream):
+    from egc_lite.textual_inversion import EmbeddingPrior
+
+    path = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.37)).save(tmp_path / "p.safetensors")
+    other = TextInvCodec(tiny_backbone, dataclasses.replace(FAST, prior_path=str(path)))
+    with pytest.raises(BitstreamError, match="another embedding prior"):
+        other.decompress(stream)
+    assert "pf" in stream.params

@@ -47,6 +47,7 @@ class Codec(ABC):
 
     name: ClassVar[str]
     uses_backbone: ClassVar[bool] = True
+    min_side: ClassVar[int] = 1  # smallest image side the encoder accepts (a header claiming less is refused)
 
     def __init__(self, backbone: Backbone | None = None) -> None:
         if self.uses_backbone and backbone is None:
@@ -78,12 +79,25 @@ class Codec(ABC):
         return x.float().clamp(0, 1)
 
     def check_stream(self, bs: Bitstream) -> None:
+        """The file is this codec's, for the loaded backbone, and of an image size its encoder makes."""
+        from ..data import MAX_PIXELS
+
         if bs.codec != self.name:
             raise BitstreamError(f"this is a {bs.codec!r} file, not {self.name!r}")
-        if self.uses_backbone and bs.backbone_id != self.backbone_id:
+        if min(bs.height, bs.width) < self.min_side or bs.height * bs.width > MAX_PIXELS:
             raise BitstreamError(
-                f"file was made with backbone {bs.backbone_id!r} but the loaded backbone is "
-                f"{self.backbone_id!r}: decode with the backbone that made it"
+                f"the header claims a {bs.width}x{bs.height} image: the {self.name} encoder makes files of "
+                f"at least {self.min_side} pixels a side and at most {MAX_PIXELS:,} pixels"
+            )
+        if self.uses_backbone and bs.backbone_id != self.backbone_id:
+            if ":" in bs.backbone_id:
+                raise BitstreamError(
+                    f"file was made by an older egc_lite (backbone {bs.backbone_id!r}, before content ids): "
+                    "compress the image again with this version"
+                )
+            raise BitstreamError(
+                f"file was made with backbone id {bs.backbone_id!r} but the loaded backbone "
+                f"{self.backbone.name!r} has id {self.backbone_id!r}: decode with the backbone that made it (--backbone)"
             )
 
     @staticmethod

@@ -8,9 +8,13 @@ empty, :math:`s_f = 1`) gives :math:`\\hat z_0`, and the VAE decoder the image. 
 ``start_step > 0`` sampling starts from ``c`` noised to that step (:math:`c \\approx z_0` by the
 space alignment loss), skipping the first steps.
 
-Rate points: ``--quality N`` loads ``egc_lite/weights/diffeic/q{N}`` (``config.json`` +
-``model.safetensors``), trained for one backbone with ``egc train diffeic --lmbda L``
-(:data:`QUALITY_LAMBDA` lists the suggested :math:`\\lambda`; 1 = lowest rate). ``--bpp T`` picks
+Rate points: ``--quality N`` loads a folder ``q{N}`` (``config.json`` + ``model.safetensors``)
+trained for the loaded backbone with ``egc train diffeic --lmbda L`` (:data:`QUALITY_LAMBDA` lists
+the suggested :math:`\\lambda`; 1 = lowest rate). Rate points are kept per backbone id: without
+``weights_dir`` (``--weights DIR`` on the command line) the codec looks in
+``<rate_points_root()>/<backbone id>/q{N}`` (where ``egc train diffeic-export --quality N`` writes),
+then in the package's ``egc_lite/weights/diffeic/q{N}`` when that point was trained for this backbone
+(the shipped egc-tiny points). ``--bpp T`` picks
 the highest shipped quality whose file fits ``T`` (the compressor is cheap; sampling is not run).
 A model object can be given instead (``DiffEICCodec(backbone, model=...)``): the file then stores
 quality 0, decodes only with that model, and ``--bpp`` has no other rate point to choose.
@@ -22,16 +26,19 @@ weights). Padded sizes follow from the image size in the container.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
 from ..bitstream import Bitstream
+from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
 from ..data import MAX_PIXELS, crop_to, pad_to_multiple
 from ..diffeic import COMPRESSOR_STRIDE, DiffEICModel, load_diffeic
 from ..errors import BitstreamError, ModelNotFoundError, ParameterError
-from ..sampling import SamplerConfig, ddim_sample
+from ..sampling import SamplerConfig, check_steps, ddim_sample
 from .base import Codec, CompressOptions
 
 #: Where the shipped rate points live: ``<DIFFEIC_WEIGHTS>/q{N}``.
@@ -40,6 +47,24 @@ DIFFEIC_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "diffeic"
 QUALITY_LAMBDA = {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}
 DEFAULT_QUALITY = 3
 DEFAULT_STEPS = 50
+
+
+def rate_points_root() -> Path:
+    """Where exported rate points go, one folder per backbone id: ``$EGC_DIFFEIC_WEIGHTS``, else
+    ``~/.cache/egc_lite/diffeic`` (never inside the package or a model folder by default)."""
+    env = os.environ.get("EGC_DIFFEIC_WEIGHTS", "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "egc_lite" / "diffeic"
+
+
+def _trained_for(folder: Path) -> str | None:
+    """The backbone id recorded in a rate point's ``config.json`` (None if unreadable)."""
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("backbone_id", ""))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def image_multiple(backbone) -> int:
@@ -58,7 +83,7 @@ class DiffEICCodec(Codec):
 
     def __init__(self, backbone=None, model: DiffEICModel | None = None, weights_dir: str | Path | None = None) -> None:
         super().__init__(backbone)
-        self.weights_dir = Path(weights_dir) if weights_dir is not None else DIFFEIC_WEIGHTS
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self._models: dict[int, DiffEICModel] = {}
         self._fingerprints: dict[int, int] = {}
         self.explicit = model is not None
@@ -73,7 +98,15 @@ class DiffEICCodec(Codec):
         return model
 
     def folder(self, quality: int) -> Path:
-        return self.weights_dir / f"q{quality}"
+        """The rate point's folder: in ``weights_dir`` if given, else the first of the user's folder for
+        this backbone id and the package's shipped point trained for it (module docstring)."""
+        if self.weights_dir is not None:
+            return self.weights_dir / f"q{quality}"
+        mine = rate_points_root() / self.backbone_id / f"q{quality}"
+        shipped = DIFFEIC_WEIGHTS / f"q{quality}"
+        if not (mine / "config.json").is_file() and _trained_for(shipped) == self.backbone_id:
+            return shipped
+        return mine
 
     def available_qualities(self) -> list[int]:
         """Qualities with weights in ``weights_dir`` (not checked against the backbone)."""
@@ -97,7 +130,7 @@ class DiffEICCodec(Codec):
             raise ModelNotFoundError(
                 f"no DiffEIC weights for quality {quality} in {folder}: train them with "
                 f"`egc train diffeic --lmbda {QUALITY_LAMBDA[quality]:g} --backbone {self.backbone.name} --ckpt DIR`, then "
-                f"`egc train diffeic-export --ckpt DIR --quality {quality}`"
+                f"`egc train diffeic-export --ckpt DIR --quality {quality}` (or name a folder of rate points with --weights)"
             )
         return self._add(quality, load_diffeic(folder, self.backbone))
 
@@ -117,10 +150,11 @@ class DiffEICCodec(Codec):
         s = SamplerConfig(steps=options.steps or DEFAULT_STEPS, guidance_scale=1.0, seed=options.seed,
                           start_step=options.start_step or 0)
         s.validate()
+        check_steps(self.backbone, s.steps)
         return s
 
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
-        x = self.check_image(x, min_side=8)
+        x = self.check_image(x, min_side=self.min_side)
         sampler = self._sampler(options)
         quality = self._quality(options)
         b = self.backbone
@@ -155,6 +189,7 @@ class DiffEICCodec(Codec):
             sampler = SamplerConfig(steps=self.param(bs, "steps", int), guidance_scale=1.0, seed=self.param(bs, "seed", int),
                                     start_step=self.param(bs, "start", int))
             sampler.validate()
+            check_steps(self.backbone, sampler.steps)
         except ParameterError as exc:
             raise BitstreamError(f"bad decoding parameters in the header: {exc}") from None
         quality = self.param(bs, "q", int)
@@ -179,6 +214,11 @@ class DiffEICCodec(Codec):
             )
         m = image_multiple(self.backbone)
         hp, wp = -(-bs.height // m) * m, -(-bs.width // m) * m
+        cfg = model.config
+        check_payload_bytes(len(y), cfg.M * (hp * 4 // COMPRESSOR_STRIDE) * (wp * 4 // COMPRESSOR_STRIDE), "y")  # stride 16
+        check_payload_bytes(len(z), cfg.N * (hp // COMPRESSOR_STRIDE) * (wp // COMPRESSOR_STRIDE), "z")  # stride 64
+        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=dict(model.control.net.config)),
+                     f"this {bs.width}x{bs.height} diffeic file")
         return model.compressor.decompress({"y": y, "z": z}, (hp // COMPRESSOR_STRIDE, wp // COMPRESSOR_STRIDE))
 
     def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:

@@ -8,24 +8,33 @@ classifier-free guidance (scale :math:`s_f`) and compression guidance (scale :ma
 
 Rate control: the file is ``header + embedding + guide``. Given a target, the embedding's
 quantization step :math:`\\Delta` is the finest on a ladder whose symbols fit ``embedding_share``
-of the budget, and the guide (factor and quality) takes what is left with the best PSNR.
+of the budget, and the guide (factor and quality) takes what is left with the best PSNR. The
+step is snapped to the header's fixed point (:data:`FIXED`) *before* quantizing, so encoder and
+decoder use the same :math:`\\Delta` and the same symbol scales.
+
+Entropy coding: the symbols' probability tables are the shipped :data:`TABLES_FILE` (built once
+with CompressAI's default scale table), loaded, never rebuilt at run time, so a file decodes
+bit-exactly across torch / compressai versions. The header also stores ``pf``, the prior's
+32-bit fingerprint: a file made under another prior is refused, not decoded into garbage.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 from compressai.entropy_models import GaussianConditional
 
 from ..bitstream import Bitstream, encode_bitstream
+from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
 from ..data import crop_to, pad_to_multiple
-from ..entropy import compress_gaussian, decompress_gaussian, update_tables
+from ..entropy import compress_gaussian, decompress_gaussian
 from ..errors import BitstreamError, ParameterError
 from ..guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance
 from ..guide import decode_guide
-from ..sampling import SamplerConfig, ddim_sample, unet_denoiser
+from ..sampling import SamplerConfig, check_steps, ddim_sample, unet_denoiser
 from ..textual_inversion import (
     EmbeddingPrior,
     InversionConfig,
@@ -40,6 +49,25 @@ from .guide_codec import best_guide
 QUALITY_BPP = {1: 0.03, 2: 0.05, 3: 0.07, 4: 0.1, 5: 0.15}
 #: Multiples of the base quantization step tried by rate control.
 STEP_LADDER = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+#: Codec A's shipped CDF tables (CompressAI's default scale table, 16-bit precision).
+TABLES_FILE = Path(__file__).resolve().parents[1] / "weights" / "textinv_tables.safetensors"
+
+
+def load_tables(path: Path = TABLES_FILE) -> GaussianConditional:
+    """A ``GaussianConditional`` carrying the shipped tables (CPU, float32 scales)."""
+    from safetensors.torch import load_file
+
+    t = load_file(path)
+    lengths = t["cdf_length"].to(torch.int32)
+    cdf = torch.zeros(len(lengths), int(lengths.max()), dtype=torch.int32)
+    pos = 0
+    for i, n in enumerate(lengths.tolist()):
+        cdf[i, :n] = t["cdf_flat"][pos : pos + n]
+        pos += n
+    gc = GaussianConditional(None)
+    gc.scale_table = t["scale_table"].float()
+    gc._quantized_cdf, gc._cdf_length, gc._offset = cdf, lengths, t["offset"].to(torch.int32)
+    return gc
 
 
 @dataclass(frozen=True)
@@ -51,8 +79,9 @@ class TextInvConfig:
     guidance: CompressionGuidanceConfig = field(default_factory=CompressionGuidanceConfig)
     guide_codec: str = "webp"
     guide_factors: tuple[int, ...] = (4, 8, 16)
-    embedding_share: float = 0.15
+    embedding_share: float = 0.15  # the embedding's share of the byte budget (the rest goes to the guide)
     default_bpp: float = 0.07
+    prior_path: str | None = None  # an embedding prior file (None: the one found for the backbone)
 
 
 #: Fixed-point unit of the scales and the quantization step in the header.
@@ -64,6 +93,11 @@ def _fix(value: float) -> int:
     return int(round(float(value) * FIXED))
 
 
+def fixed_step(value: float) -> float:
+    """The quantization step as the decoder will read it from the header (at least one unit)."""
+    return max(1, _fix(value)) / FIXED
+
+
 class TextInvCodec(Codec):
     """The text-embedding codec (see the module docstring)."""
 
@@ -72,9 +106,10 @@ class TextInvCodec(Codec):
     def __init__(self, backbone=None, config: TextInvConfig | None = None) -> None:
         super().__init__(backbone)
         self.config = config or TextInvConfig()
-        self.prior = EmbeddingPrior.for_backbone(self.backbone)
-        self._conditional = GaussianConditional(None)
-        update_tables(self._conditional)
+        if not 0 < self.config.embedding_share < 1:
+            raise ParameterError(f"embedding share must be in (0, 1), got {self.config.embedding_share}")
+        self.prior = EmbeddingPrior.for_backbone(self.backbone, self.config.prior_path)
+        self._conditional = load_tables()
 
     # ------------------------------------------------------------------ pieces
     def _config_for(self, options: CompressOptions) -> TextInvConfig:
@@ -83,6 +118,7 @@ class TextInvCodec(Codec):
         s = replace(s, seed=options.seed, steps=options.steps or s.steps,
                     guidance_scale=s.guidance_scale if options.guidance_scale is None else options.guidance_scale)
         s.validate()
+        check_steps(self.backbone, s.steps)
         g = cfg.guidance if options.compression_guidance is None else replace(cfg.guidance, scale=options.compression_guidance)
         g.validate()
         return replace(cfg, sampler=s, guidance=g)
@@ -112,7 +148,8 @@ class TextInvCodec(Codec):
         # header byte counts at 0.05 bpp; the decoder uses exactly the stored values
         params = {"seed": s.seed, "steps": s.steps, "sf": _fix(s.guidance_scale), "sc": _fix(g.scale),
                   "gm": GUIDANCE_MODES.index(g.mode), "ge": g.every, "gu": _fix(g.until), "dq": _fix(step),
-                  "t0": cfg.inversion.token_start, "nt": n_tok, "f": factor}
+                  "t0": cfg.inversion.token_slice(self.backbone).start, "nt": n_tok, "f": factor,
+                  "pf": self.prior.fingerprint()}
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
                          sections={"emb": emb, "guide": guide})
 
@@ -126,7 +163,7 @@ class TextInvCodec(Codec):
 
     # ------------------------------------------------------------------ codec
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
-        x = self.check_image(x, min_side=8)
+        x = self.check_image(x, min_side=self.min_side)
         cfg = self._config_for(options)
         inv = replace(cfg.inversion, seed=options.seed)
         if options.inversion_steps is not None:
@@ -137,11 +174,13 @@ class TextInvCodec(Codec):
         budget_bytes = target * h * w / 8
         inv = self.invert(x, cfg)
         base = cfg.inversion.step_size
-        n_tok = cfg.inversion.token_slice(self.backbone).stop - cfg.inversion.token_start
-        # finest step whose symbols fit the embedding's share of the budget
+        sl = cfg.inversion.token_slice(self.backbone)
+        n_tok = sl.stop - sl.start
+        # finest step whose symbols fit the embedding's share of the budget (snapped to the header's
+        # fixed point first: the decoder quantizes and scales with exactly this value)
         chosen = None
         for mult in STEP_LADDER:
-            step = base * mult
+            step = fixed_step(base * mult)
             data = self.encode_embedding(quantize_embedding(self.backbone, inv.embedding, cfg.inversion, step), step)
             chosen = (step, data)
             if len(data) <= cfg.embedding_share * budget_bytes:
@@ -163,6 +202,7 @@ class TextInvCodec(Codec):
         try:
             sampler = SamplerConfig(steps=p("steps", int), guidance_scale=p("sf", int) / FIXED, seed=p("seed", int))
             sampler.validate()
+            check_steps(self.backbone, sampler.steps)
             guidance = CompressionGuidanceConfig(scale=p("sc", int) / FIXED, mode=GUIDANCE_MODES[gm], every=p("ge", int),
                                                  until=p("gu", int) / FIXED)
             guidance.validate()
@@ -173,6 +213,15 @@ class TextInvCodec(Codec):
         delta, factor = p("dq", int) / FIXED, p("f", int)
         if not 0 < delta < 1e6 or not 1 <= factor <= 64:
             raise BitstreamError("bad quantization step or guide factor in the header")
+        if p("pf", int) != self.prior.fingerprint():
+            raise BitstreamError(
+                f"this file was coded under another embedding prior than the loaded one ({self.prior.source}): "
+                "decode with the prior that made it (TextInvConfig.prior_path / --prior)"
+            )
+        check_payload_bytes(len(self.section(bs, "emb")), p("nt", int) * self.backbone.cond_dim, "embedding")
+        batch = 2 if sampler.guidance_scale != 1.0 else 1
+        check_decode(backbone_decode_bytes(self.backbone, bs.height, bs.width, batch, grad=guidance.mode != "latent"),
+                     f"this {bs.width}x{bs.height} textinv file")
         return replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion), delta, p("nt", int), factor
 
     def decompress(self, bs: Bitstream, sample: int = 0, guidance: CompressionGuidanceConfig | None = None,

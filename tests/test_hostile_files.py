@@ -1,0 +1,129 @@
+"""Hostile files (issue 11, fault 9): a structure-aware fuzzer per codec. Each case is a valid file whose
+header fields or payloads were rewritten and re-encoded with a valid checksum; decoding must give an
+image of the header's size or a BitstreamError, never an allocation error, and files whose size
+their payloads cannot match are refused before anything is decoded."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from egc_lite.bitstream import Bitstream, decode_bitstream, encode_bitstream
+from egc_lite.codecs import CompressOptions, DiffEICCodec, GuideCodec, TextInvCodec, TextInvConfig
+from egc_lite.errors import BitstreamError
+from egc_lite.sampling import SamplerConfig
+from egc_lite.textual_inversion import InversionConfig
+
+SIDES = (1, 7, 8, 63, 64, 65, 200, 4096, 65535)
+INTS = (-(2**63), -1, 0, 1, 2, 3, 7, 64, 65, 1000, 1001, 2**31, 2**62)
+
+
+@pytest.fixture(scope="module")
+def valid(tiny_backbone, smooth_image):
+    from egc_lite.diffeic import DiffEICConfig, DiffEICModel
+    from egc_lite.entropy import update_tables
+
+    x = smooth_image(64, 64, seed=4)
+    model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
+    update_tables(model.compressor, update_quantiles=True)
+    codecs = {
+        "guide": GuideCodec(),
+        "textinv": TextInvCodec(tiny_backbone, TextInvConfig(inversion=InversionConfig(steps=1),
+                                                             sampler=SamplerConfig(steps=2, guidance_scale=2.0))),
+        "diffeic": DiffEICCodec(tiny_backbone, model=model),
+    }
+    opts = {"guide": CompressOptions(bpp=0.5), "textinv": CompressOptions(bpp=0.5, steps=2),
+            "diffeic": CompressOptions(steps=2)}
+    return {name: (codec, codec.compress(x, opts[name])) for name, codec in codecs.items()}
+
+
+def _mutate(bs: Bitstream, rng: random.Random) -> Bitstream:
+    kind = rng.choice(["size", "size", "param", "param", "section", "drop"])
+    if kind == "size":
+        return dataclasses.replace(bs, height=rng.choice(SIDES), width=rng.choice(SIDES))
+    params, sections = dict(bs.params), dict(bs.sections)
+    if kind == "param":
+        key = rng.choice(sorted(params))
+        params[key] = rng.choice(INTS + (True, "x", 0.5))
+    elif kind == "section":
+        name = rng.choice(sorted(sections))
+        data = sections[name]
+        how = rng.choice(["cut", "random", "grow", "empty", "swap"])
+        if how == "cut":
+            data = data[: rng.randrange(len(data) + 1)]
+        elif how == "random":
+            data = bytes(rng.randrange(256) for _ in range(len(data)))
+        elif how == "grow":
+            data = data * rng.choice((2, 50, 2000))
+        elif how == "empty":
+            data = b""
+        else:
+            other = rng.choice(sorted(sections))
+            data = sections[other]
+        sections[name] = data[: 8 * 1024 * 1024]
+    else:
+        pool = sorted(params) + [f"section:{n}" for n in sections]
+        victim = rng.choice(pool)
+        if victim.startswith("section:"):
+            sections.pop(victim[8:])
+        else:
+            params.pop(victim)
+    return dataclasses.replace(bs, params=params, sections=sections)
+
+
+@pytest.mark.parametrize("name", ["guide", "textinv", "diffeic"])
+def test_structure_aware_fuzz(valid, name, monkeypatch):
+    monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
+    codec, good = valid[name]
+    rng = random.Random(hash(name) % 1000)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(40):
+        bs = _mutate(good, rng)
+        if rng.random() < 0.3:
+            bs = _mutate(bs, rng)
+        try:
+            data = encode_bitstream(bs)  # a valid checksum
+        except Exception:
+            continue  # the container cannot even hold this (e.g. a bool where an int goes is fine, a huge file is not)
+        parsed = decode_bitstream(data)
+        try:
+            y = codec.decompress(parsed)
+        except BitstreamError:
+            outcomes["refused"] += 1
+            continue
+        assert y.shape == (3, parsed.height, parsed.width) and bool(torch.isfinite(y).all())
+        outcomes["decoded"] += 1
+    assert outcomes["refused"] > 5
+
+
+@pytest.mark.parametrize("name", ["textinv", "diffeic"])
+@pytest.mark.parametrize("size", [(1, 65535), (64, 65535), (8, 65535)])
+def test_a_header_size_beside_payloads_of_another_image_is_refused_before_decoding(valid, name, size, monkeypatch):
+    """The issue's case: a header claiming a 1x65535 image beside the payloads of a 64x64 one."""
+    import egc_lite.codecs.textinv as ta
+    import egc_lite.sampling as sampling
+    from egc_lite.diffeic import LatentCompressor
+
+    monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
+
+    def boom(*a, **k):
+        raise AssertionError("the decoder allocated before checking the header")
+
+    monkeypatch.setattr(LatentCompressor, "decompress", boom)
+    monkeypatch.setattr(ta, "decompress_gaussian", boom)
+    monkeypatch.setattr(sampling, "ddim_sample", boom)
+    codec, good = valid[name]
+    bs = decode_bitstream(encode_bitstream(dataclasses.replace(good, height=size[0], width=size[1])))
+    with pytest.raises(BitstreamError, match="header|budget|payload"):
+        codec.decompress(bs)
+
+
+def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
+    from egc_lite.budget import backbone_decode_bytes
+
+    small = backbone_decode_bytes(tiny_backbone, 64, 64)
+    wide = backbone_decode_bytes(tiny_backbone, 64, 65535)
+    assert wide > 1000 * small
