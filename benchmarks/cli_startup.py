@@ -1,9 +1,11 @@
 """How fast the ``egc`` command answers: each command as a fresh subprocess, several runs.
 
 Prints min and median wall time of ``egc --help``, ``egc info``, ``egc compress --codec guide``
-and ``egc decompress`` (guide file) on a 512x768 image, and the import time of
-``egc_lite.codecs`` and ``egc_lite.cli`` in a fresh interpreter. Nothing here is a test: the
-figures depend on the machine and on a warm file cache (the first run of each is usually slowest).
+and ``egc decompress`` (guide file) on a 512x768 image, and import times in a fresh interpreter:
+``torch`` (the floor of any command that touches an image), ``egc_lite.cli``, ``egc_lite.codecs``
+(the lazy registry), and the guide and textinv codec modules (what a model-backed command pays
+before it loads a model). Nothing here is a test: the figures depend on the machine and on a warm
+file cache (the first run of each is usually slowest).
 
     python benchmarks/cli_startup.py [--runs 5]
 """
@@ -74,7 +76,7 @@ def main() -> None:
         }
         for name, cmd in commands.items():
             report(name, [timed(cmd, env) for _ in range(args.runs)])
-    for module in ("egc_lite.cli", "egc_lite.codecs"):
+    for module in ("torch", "egc_lite.cli", "egc_lite.codecs", "egc_lite.codecs.guide_codec", "egc_lite.codecs.textinv"):
         report(f"import {module}", [import_time(module, env) for _ in range(args.runs)])
 
 
