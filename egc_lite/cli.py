@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb = tsub.add_parser("backbone", help="train egc-tiny (phases vae, decoder, unet; resumable)")
     tb.add_argument("--phase", choices=("vae", "decoder", "unet"), required=True)
     tb.add_argument("--ckpt", default="checkpoints/egc-tiny", help="checkpoint folder (outside the repository)")
-    tb.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
+    tb.add_argument("--data", default=None, help="training photo folders, joined by ':' (default: $EGC_DATA/photos-train)")
     tb.add_argument("--steps", type=int, default=1000)
     tb.add_argument("--batch-size", type=int, default=8)
     tb.add_argument("--crop", type=int, default=128)
@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--threads", type=int, default=None)
     tb.add_argument("--device", default="auto")
     tb.add_argument("--init-from", default=None, help="start from an exported folder (e.g. egc_lite/weights/egc-tiny) when --ckpt is empty")
+    tb.add_argument("--adv-weight", type=float, default=0.0,
+                    help="vae/decoder: adversarial (PatchGAN, hinge) gradient relative to the reconstruction's (0 = off)")
+    tb.add_argument("--adv-start", type=int, default=0, help="vae/decoder: step from which the critic and its term start")
+    tb.add_argument("--lf-weight", type=float, default=0.0, help="vae/decoder: weight of the L1 between 8x8 block means (colour)")
+    tb.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="auto: bf16 autocast only where the CPU (AMX, AVX-512 BF16) or GPU runs it fast")
     tp = tsub.add_parser("textinv-prior", help="fit codec A's embedding prior on training photos and save it beside the backbone")
     tp.add_argument("--backbone", default=DEFAULT_BACKBONE)
     tp.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     te = tsub.add_parser("export", help="write trained egc-tiny checkpoints as a diffusers folder")
     te.add_argument("--ckpt", default="checkpoints/egc-tiny")
     te.add_argument("--out", default=None, help="output folder (default: the package's weights/egc-tiny)")
+    te.add_argument("--vae-only", action="store_true",
+                    help="replace only the autoencoder of the backbone in --out (after a decoder fine-tune; the encoder must match)")
     _add_eval_and_sweep(sub)
     return parser
 
@@ -296,7 +304,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device,
                                   init_from=args.init_from, snr_gamma=args.snr_gamma,
-                                  cond_lr_scale=args.cond_lr_scale)
+                                  cond_lr_scale=args.cond_lr_scale, adv_weight=args.adv_weight, adv_start=args.adv_start,
+                                  lf_weight=args.lf_weight, precision=args.precision)
         print(train(cfg))
         return 0
     if args.what == "textinv-prior":
@@ -335,9 +344,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(export_diffeic(args.ckpt, out))
         return 0
     if args.what == "export":
-        from .train_backbone import export_backbone
+        from .train_backbone import export_backbone, export_vae
 
-        print(export_backbone(args.ckpt, args.out))
+        if args.vae_only:
+            from .backbone import EGC_TINY_DIR
+
+            print(export_vae(args.ckpt, args.out or EGC_TINY_DIR))
+        else:
+            print(export_backbone(args.ckpt, args.out))
         return 0
     return 2
 

@@ -503,16 +503,20 @@ def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     """
     from diffusers import AutoencoderKL
 
+    from .errors import ModelNotFoundError, ParameterError
+
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if not (out / "vae" / "config.json").exists():
-        raise FileNotFoundError(f"{out} has no vae/: export the whole backbone first (export_backbone)")
+        raise ModelNotFoundError(f"{out} has no vae/: export the whole backbone first (egc train export without --vae-only)")
+    if not any((ckpt / f).exists() for f in ("decoder.pt", "vae.pt")):
+        raise ModelNotFoundError(f"{ckpt} holds no decoder.pt or vae.pt: train the vae or decoder phase first")
     vae = AutoencoderKL.from_pretrained(out, subfolder="vae", local_files_only=True)
     state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
     encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
     vae.load_state_dict(state["vae"])
     moved = [k for k, v in encoder_before.items() if not torch.allclose(v.float(), vae.state_dict()[k].float(), atol=1e-3)]
     if moved:
-        raise ValueError(f"the checkpoint's encoder differs from the one in {out} ({moved[0]}, ...): "
+        raise ParameterError(f"the checkpoint's encoder differs from the one in {out} ({moved[0]}, ...): "
                          "its latents would not fit the UNet; export the whole backbone instead")
     vae.half().save_pretrained(out / "vae", safe_serialization=True)
     index = out / "model_index.json"

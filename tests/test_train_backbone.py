@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from egc_lite.backbone import load_backbone
+from egc_lite.cli import main
 from egc_lite.sampling import SamplerConfig, ddim_sample
 from egc_lite.tiny import TEST_CONFIG, ImageTokenEncoder, build_components, build_unet
 from egc_lite.train_backbone import (
@@ -175,7 +176,7 @@ def test_adversarial_decoder_phase_keeps_the_encoder_and_resumes_its_critic(tmp_
     assert after.latent_scale == before.latent_scale
 
 
-def test_export_vae_refuses_a_checkpoint_with_another_encoder(tmp_path):
+def test_export_vae_refuses_a_checkpoint_with_another_encoder(tmp_path, capsys):
     photos = tmp_path / "p"
     photos.mkdir()
     Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(photos / "0.png")
@@ -186,3 +187,9 @@ def test_export_vae_refuses_a_checkpoint_with_another_encoder(tmp_path):
     train(BackboneTrainConfig(phase="vae", steps=1, seed=5, ckpt_dir=str(tmp_path / "two"), **common))
     with pytest.raises(ValueError, match="encoder differs"):
         export_vae(tmp_path / "two", out)
+    # the command line says the same on one line, exit status 2
+    assert main(["train", "export", "--vae-only", "--ckpt", str(tmp_path / "two"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("egc: error:") and "encoder differs" in err and err.count("\n") == 1
+    assert main(["train", "export", "--vae-only", "--ckpt", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no decoder.pt or vae.pt" in capsys.readouterr().err
