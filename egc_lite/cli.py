@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="textinv: optimized positions (default: 4 on Stable Diffusion, all on egc-tiny)")
     c.add_argument("--embedding-share", type=float, default=None,
                    help="textinv: share of the byte budget for the embedding, the rest for the guide (default 0.15)")
+    c.add_argument("--consistency", choices=("none", "ilvr", "pixel", "ilvr+pixel"), default=None,
+                   help="textinv, beyond the paper: keep the output's low frequencies on the guide, by ILVR in latent space "
+                        "and/or a pixel-space projection after decoding (default none, the paper's decoder)")
+    c.add_argument("--consistency-until", type=float, default=None, help="textinv: fraction of the steps ilvr acts on (default 0.5)")
     _add_codec_files(c)
     _add_common(c)
 
@@ -248,7 +252,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
                            guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
-                           inversion_steps=args.inversion_steps)
+                           inversion_steps=args.inversion_steps, consistency=args.consistency,
+                           consistency_until=args.consistency_until)
     codec = _make_codec(args.codec, args)
     t0 = time.perf_counter()
     bs = codec.compress(x, opts)

@@ -32,6 +32,8 @@ class CompressOptions:
     compression_guidance: float | None = None  # s_c (codec A)
     start_step: int | None = None  # DiffEIC: start from the content variables at this step
     inversion_steps: int | None = None  # textinv: optimization steps of the embedding
+    consistency: str | None = None  # textinv: "none" (the paper) or "ilvr" (beyond the paper, egc_lite.consistency)
+    consistency_until: float | None = None  # textinv: fraction of the steps the consistency mechanism acts on
 
     def __post_init__(self) -> None:
         if self.bpp is not None and not 0 < self.bpp <= 24:

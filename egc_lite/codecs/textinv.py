@@ -4,7 +4,9 @@ Encoder: textual inversion of a per-image embedding with a rate term
 (:mod:`egc_lite.textual_inversion`), its symbols entropy-coded under the backbone's fixed
 prior, plus a guide image ``x_g`` (:mod:`egc_lite.guide`). Decoder: seeded DDIM from noise with
 classifier-free guidance (scale :math:`s_f`) and compression guidance (scale :math:`s_c`,
-:mod:`egc_lite.guidance`), then the VAE decoder.
+:mod:`egc_lite.guidance`), then the VAE decoder. Beyond the paper, and off unless a file asks for it
+(``consistency: ilvr``, header fields ``cm``/``cu``/``ck``), the decoder can also keep the output's low
+frequencies on the guide by ILVR's low-pass replacement (:mod:`egc_lite.consistency`).
 
 Rate control: the file is ``header + embedding + guide``. Given a target, the embedding's
 quantization step :math:`\\Delta` is the finest on a ladder whose symbols fit ``embedding_share``
@@ -29,6 +31,7 @@ from compressai.entropy_models import GaussianConditional
 
 from ..bitstream import Bitstream, encode_bitstream
 from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
+from ..consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, guide_latent, ilvr_hook, pixel_projection
 from ..data import crop_to, pad_to_multiple
 from ..entropy import compress_gaussian, decompress_gaussian
 from ..errors import BitstreamError, ParameterError
@@ -77,6 +80,7 @@ class TextInvConfig:
     inversion: InversionConfig = field(default_factory=InversionConfig)
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=50, guidance_scale=3.0))
     guidance: CompressionGuidanceConfig = field(default_factory=CompressionGuidanceConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # beyond the paper; "none" = the paper
     guide_codec: str = "webp"
     guide_factors: tuple[int, ...] = (4, 8, 16)
     embedding_share: float = 0.15  # the embedding's share of the byte budget (the rest goes to the guide)
@@ -121,7 +125,13 @@ class TextInvCodec(Codec):
         check_steps(self.backbone, s.steps)
         g = cfg.guidance if options.compression_guidance is None else replace(cfg.guidance, scale=options.compression_guidance)
         g.validate()
-        return replace(cfg, sampler=s, guidance=g)
+        c = cfg.consistency
+        if options.consistency is not None:
+            c = replace(c, mode=options.consistency)
+        if options.consistency_until is not None:
+            c = replace(c, until=options.consistency_until)
+        c.validate()
+        return replace(cfg, sampler=s, guidance=g, consistency=c)
 
     def _target_bpp(self, options: CompressOptions) -> float:
         if options.bpp is not None and options.quality is not None:
@@ -150,6 +160,9 @@ class TextInvCodec(Codec):
                   "gm": GUIDANCE_MODES.index(g.mode), "ge": g.every, "gu": _fix(g.until), "dq": _fix(step),
                   "t0": cfg.inversion.token_slice(self.backbone).start, "nt": n_tok, "f": factor,
                   "pf": self.prior.fingerprint()}
+        c = cfg.consistency
+        if c.mode != "none":  # beyond the paper; absent = "none", so the paper's files keep their bytes
+            params.update(cm=CONSISTENCY_MODES.index(c.mode), cu=_fix(c.until), ck=c.block)
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
                          sections={"emb": emb, "guide": guide})
 
@@ -210,6 +223,7 @@ class TextInvCodec(Codec):
             inversion.token_slice(self.backbone)
         except ParameterError as exc:
             raise BitstreamError(f"bad decoding parameters in the header: {exc}") from None
+        consistency = self._consistency_parameters(bs)
         delta, factor = p("dq", int) / FIXED, p("f", int)
         if not 0 < delta < 1e6 or not 1 <= factor <= 64:
             raise BitstreamError("bad quantization step or guide factor in the header")
@@ -222,12 +236,24 @@ class TextInvCodec(Codec):
         batch = 2 if sampler.guidance_scale != 1.0 else 1
         check_decode(backbone_decode_bytes(self.backbone, bs.height, bs.width, batch, grad=guidance.mode != "latent"),
                      f"this {bs.width}x{bs.height} textinv file")
-        return replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion), delta, p("nt", int), factor
+        return (replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion, consistency=consistency),
+                delta, p("nt", int), factor)
+
+    def _consistency_parameters(self, bs: Bitstream) -> ConsistencyConfig:
+        """The consistency fields ``cm``/``cu``/``ck`` (absent: ``none``, the paper's decoder)."""
+        if "cm" not in bs.params:
+            return ConsistencyConfig()
+        cm, cu, ck = self.param(bs, "cm", int), self.param(bs, "cu", int), self.param(bs, "ck", int)
+        if not 0 <= cm < len(CONSISTENCY_MODES):
+            raise BitstreamError(f"unknown consistency mode {cm} in the header")
+        if not 0 <= cu <= FIXED or not 0 <= ck <= MAX_BLOCK:
+            raise BitstreamError(f"bad consistency schedule in the header (until {cu}/{FIXED}, block {ck})")
+        return ConsistencyConfig(mode=CONSISTENCY_MODES[cm], until=cu / FIXED, block=ck)
 
     def decompress(self, bs: Bitstream, sample: int = 0, guidance: CompressionGuidanceConfig | None = None,
-                   guidance_scale: float | None = None) -> torch.Tensor:
-        """Decode; ``sample`` shifts the seed (diversity); ``guidance``/``guidance_scale`` override the
-        file's :math:`s_c` schedule and :math:`s_f` (for sweeps and ablations)."""
+                   guidance_scale: float | None = None, consistency: ConsistencyConfig | None = None) -> torch.Tensor:
+        """Decode; ``sample`` shifts the seed (diversity); ``guidance``/``guidance_scale``/``consistency`` override
+        the file's :math:`s_c` schedule, :math:`s_f` and consistency mechanism (for sweeps and ablations)."""
         cfg, delta, n_tok, factor = self.decode_parameters(bs)
         b = self.backbone
         symbols = self.decode_embedding(self.section(bs, "emb"), n_tok, delta)
@@ -241,7 +267,14 @@ class TextInvCodec(Codec):
         gcfg = guidance or cfg.guidance
         denoiser = unet_denoiser(b)
         hook = compression_guidance(b, guide_small, (bs.height, bs.width), factor, gcfg, sampler.steps, denoiser)
-        z0 = ddim_sample(b, cond, (hp // b.vae_factor, wp // b.vae_factor), sampler, denoiser, hook if gcfg.scale > 0 else None)
+        hook = hook if gcfg.scale > 0 else None
+        ccfg = consistency or cfg.consistency
+        if ccfg.latent:  # beyond the paper (egc_lite.consistency)
+            ref = guide_latent(b, guide_small, (bs.height, bs.width), factor)
+            hook = ilvr_hook(ref, ccfg.block_for(factor, b.vae_factor), ccfg, sampler.steps, hook)
+        z0 = ddim_sample(b, cond, (hp // b.vae_factor, wp // b.vae_factor), sampler, denoiser, hook)
         with torch.no_grad():
-            x = b.decode(z0)
-        return crop_to(x, (bs.height, bs.width))[0].clamp(0, 1).cpu()
+            x = crop_to(b.decode(z0).float(), (bs.height, bs.width)).clamp(0, 1)
+            if ccfg.pixel:  # beyond the paper (egc_lite.consistency)
+                x = pixel_projection(x, guide_small, factor)
+        return x[0].cpu()
