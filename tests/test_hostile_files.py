@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import zlib
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def valid(tiny_backbone, smooth_image):
 
 
 def _mutate(bs: Bitstream, rng: random.Random) -> Bitstream:
-    kind = rng.choice(["size", "size", "param", "param", "section", "drop"])
+    kinds = ["size", "size"] + ["param", "param"] * bool(bs.params) + ["section"] * bool(bs.sections)
+    kind = rng.choice(kinds + ["drop"] * bool(bs.params or bs.sections))  # an earlier mutation may have emptied one
     if kind == "size":
         return dataclasses.replace(bs, height=rng.choice(SIDES), width=rng.choice(SIDES))
     params, sections = dict(bs.params), dict(bs.sections)
@@ -78,7 +80,7 @@ def _mutate(bs: Bitstream, rng: random.Random) -> Bitstream:
 def test_structure_aware_fuzz(valid, name, monkeypatch):
     monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
     codec, good = valid[name]
-    rng = random.Random(hash(name) % 1000)
+    rng = random.Random(zlib.crc32(name.encode()))  # the same cases in every process (hash() of a str is salted)
     outcomes = {"decoded": 0, "refused": 0}
     for _ in range(40):
         bs = _mutate(good, rng)
