@@ -103,10 +103,11 @@ def test_sweep_table_failures_resume_and_plots(grid_file, monkeypatch):
     assert (again.skipped, again.ran, again.failed) == (4, 1, 1)  # only the failed point runs again
 
 
-def test_sweep_on_a_local_dask_cluster(grid_file):
+def test_sweep_on_a_local_dask_cluster(grid_file, capfd):
     spec = load_spec(grid_file)
     r = run_sweep(spec, RunOptions(engine="dask", workers=2))
     assert (r.ran, r.failed) == (5, 1)
+    assert "IPKernelApp" not in capfd.readouterr().err  # the kernels' start-up log stays off the terminal
     assert sorted(load_results(spec.out).status) == ["failed", "ok", "ok", "ok", "ok"]
 
 

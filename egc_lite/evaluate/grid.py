@@ -190,9 +190,13 @@ def run_point(task: PointTask) -> dict:
     t0 = time.perf_counter()
     status, error = OK, None
     try:
+        # an IPython kernel logs at WARNING on its start (e.g. "running over TCP without encryption") to the
+        # stderr it inherits, which is the user's terminal: only its errors are the user's business
+        quiet = ["--IPKernelApp.log_level=ERROR"] if task.kernel.startswith("python") else []
         papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.point.parameters,
                                    kernel_name=task.kernel, cwd=str(task.notebook.parent), progress_bar=False,
-                                   log_output=False, start_timeout=120, execution_timeout=task.timeout)
+                                   log_output=False, start_timeout=120, execution_timeout=task.timeout,
+                                   extra_arguments=quiet)
     except Exception as exc:  # any failure of the notebook is this point's result, recorded with its error
         status, error = FAILED, _error_text(exc)
     scalars = read_records(task.output) if task.output.is_file() else {}
