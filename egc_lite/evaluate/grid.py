@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -191,8 +192,9 @@ def run_point(task: PointTask) -> dict:
     status, error = OK, None
     try:
         # an IPython kernel logs at WARNING on its start (e.g. "running over TCP without encryption") to the
-        # stderr it inherits, which is the user's terminal: only its errors are the user's business
-        quiet = ["--IPKernelApp.log_level=ERROR"] if task.kernel.startswith("python") else []
+        # stderr it inherits, which is the user's terminal (and an interrupt at a worker's shutdown at ERROR); a
+        # notebook's own errors are recorded in its row
+        quiet = ["--IPKernelApp.log_level=CRITICAL"] if task.kernel.startswith("python") else []
         papermill.execute_notebook(str(task.notebook), str(task.output), parameters=task.point.parameters,
                                    kernel_name=task.kernel, cwd=str(task.notebook.parent), progress_bar=False,
                                    log_output=False, start_timeout=120, execution_timeout=task.timeout,
@@ -250,7 +252,10 @@ def _dask_client(opts: RunOptions, spec: SweepSpec):
         except OSError as exc:
             raise ParameterError(f"cannot reach the Dask scheduler at {opts.scheduler} ({exc})") from None
     if opts.cluster == "local":
-        cluster = LocalCluster(n_workers=max(1, opts.workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        # silence_logs: the workers' log lines (a heartbeat that races the cluster's shutdown logs a whole
+        # traceback at ERROR) would reach the user's terminal; a point's failure is recorded in its row instead
+        cluster = LocalCluster(n_workers=max(1, opts.workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.CRITICAL)
     else:
         try:
             import dask_jobqueue
