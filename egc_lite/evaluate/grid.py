@@ -47,7 +47,7 @@ from pathlib import Path
 from ..errors import ParameterError
 from ..progress import progress
 from .record import read_records
-from .store import FAILED, OK, RecordStore
+from .store import FAILED, OK, RecordStore, RunReport
 
 _KEYS = {"notebook", "out", "parameters", "grid", "points", "timeout", "kernel", "plot", "cluster"}
 ENGINES = ("processes", "dask")
@@ -101,16 +101,8 @@ class RunOptions:
     figures: Path | None = None  # where the plots go (default: <out>/figures)
 
 
-@dataclass
-class SweepReport:
-    """What a sweep run did and where its results are."""
-
-    out: Path
-    ran: int
-    skipped: int
-    failed: int
-    seconds: float
-    files: list[Path]
+class SweepReport(RunReport):
+    """What a sweep run did and where its results are (rows: its points)."""
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -38,7 +38,7 @@ from ..errors import EGCError, ParameterError
 from ..metrics import compute_metrics, lf_psnr, metric_notes, ms_ssim, psnr, sharpness
 from ..progress import progress
 from .memory import PeakMemory
-from .store import FAILED, OK, RecordStore
+from .store import FAILED, OK, RecordStore, RunReport
 
 GENERATIVE_CODECS = ("guide", "textinv", "diffeic")
 ALL_CODECS = GENERATIVE_CODECS + CLASSIC_CODECS
@@ -103,15 +103,9 @@ class EvalConfig:
 
 
 @dataclass
-class EvalReport:
-    """What a run did, and where its tables and plots are."""
+class EvalReport(RunReport):
+    """What a run did, and where its tables and plots are, with the markdown summary."""
 
-    out: Path
-    ran: int
-    skipped: int
-    failed: int
-    seconds: float
-    files: list[Path]
     summary: str
 
 

@@ -13,11 +13,24 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 OK = "ok"
 FAILED = "failed"
+
+
+@dataclass
+class RunReport:
+    """What a resumable run (``egc eval``, ``egc sweep``) did and where its results are."""
+
+    out: Path
+    ran: int
+    skipped: int
+    failed: int
+    seconds: float
+    files: list[Path]
 
 
 def _jsonable(value: Any) -> Any:
