@@ -41,9 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .backbone import Backbone
 from .errors import ParameterError
-from .guide import degrade, upsample
+from .guide import degrade
 from .sampling import GuidanceHook, StepState, predict_z0
 
 #: Consistency mechanisms (their index is what a file's header stores): ILVR in latent space during sampling,
@@ -96,17 +95,6 @@ def low_pass(z: torch.Tensor, k: int) -> torch.Tensor:
         return z
     h, w = z.shape[-2:]
     return degrade(z, k).repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)[..., :h, :w]
-
-
-def guide_latent(backbone: Backbone, guide_small: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
-    """:math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` at the padded latent size (1, C, h, w), float32."""
-    if guide_small.dim() == 3:
-        guide_small = guide_small[None]
-    big = upsample(guide_small.to(backbone.device, torch.float32), size, factor=factor)
-    mult = backbone.size_multiple
-    big = F.pad(big, (0, (-size[1]) % mult, 0, (-size[0]) % mult), mode="replicate")
-    with torch.no_grad():
-        return backbone.encode(big).float()
 
 
 def pixel_projection(x: torch.Tensor, guide_small: torch.Tensor, factor: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 
 from .backbone import Backbone
 from .errors import ParameterError
-from .guide import degrade
+from .guide import degrade, upsample
 from .sampling import Denoiser, GuidanceHook, StepState, predict_z0
 
 GUIDANCE_MODES = ("fast", "full", "latent")
@@ -79,6 +79,17 @@ def guide_loss(backbone: Backbone, z0: torch.Tensor, guide_small: torch.Tensor, 
     return (degrade(x, factor) - guide_small.to(x)).pow(2).sum()
 
 
+def guide_latent(backbone: Backbone, guide_small: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
+    """:math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` at the padded latent size (1, C, h, w), float32."""
+    if guide_small.dim() == 3:
+        guide_small = guide_small[None]
+    big = upsample(guide_small.to(backbone.device, torch.float32), size, factor=factor)
+    mult = backbone.size_multiple
+    big = torch.nn.functional.pad(big, (0, (-size[1]) % mult, 0, (-size[0]) % mult), mode="replicate")
+    with torch.no_grad():
+        return backbone.encode(big).float()
+
+
 def compression_guidance(
     backbone: Backbone,
     guide_small: torch.Tensor,
@@ -96,15 +107,8 @@ def compression_guidance(
 
     target_latent = None
     if config.mode == "latent":
-        from .guide import upsample
-
         k = max(1, factor // backbone.vae_factor)
-        big = upsample(guide_small, size, factor=factor)
-        mult = backbone.size_multiple
-        pad_h, pad_w = (-size[0]) % mult, (-size[1]) % mult
-        big = torch.nn.functional.pad(big, (0, pad_w, 0, pad_h), mode="replicate")
-        with torch.no_grad():
-            target_latent = degrade(backbone.encode(big).float(), k)
+        target_latent = degrade(guide_latent(backbone, guide_small, size, factor), k)
 
     def hook(state: StepState) -> torch.Tensor | None:
         if not config.active(state.index, steps):

@@ -11,8 +11,9 @@ import torch
 from egc_lite.analytic import gaussian_backbone
 from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
-from egc_lite.consistency import ConsistencyConfig, guide_latent, ilvr_hook, low_pass, pixel_projection
+from egc_lite.consistency import ConsistencyConfig, ilvr_hook, low_pass, pixel_projection
 from egc_lite.errors import BitstreamError, ParameterError
+from egc_lite.guidance import guide_latent
 from egc_lite.guide import degrade
 from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample
 from egc_lite.textual_inversion import InversionConfig

@@ -31,11 +31,11 @@ from compressai.entropy_models import GaussianConditional
 
 from ..bitstream import Bitstream, encode_bitstream
 from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
-from ..consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, guide_latent, ilvr_hook, pixel_projection
+from ..consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
 from ..data import crop_to, pad_to_multiple
 from ..entropy import compress_gaussian, decompress_gaussian
 from ..errors import BitstreamError, ParameterError
-from ..guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance
+from ..guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
 from ..guide import decode_guide
 from ..sampling import SamplerConfig, check_steps, ddim_sample, unet_denoiser
 from ..textual_inversion import (
