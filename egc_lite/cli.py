@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--lf-weight", type=float, default=0.0, help="vae/decoder: weight of the L1 between 8x8 block means (colour)")
     tb.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="auto: bf16 autocast only where the CPU (AMX, AVX-512 BF16) or GPU runs it fast")
+    for name, what in (("vae-channels", "VAE widths per level"), ("unet-channels", "UNet widths per level")):
+        tb.add_argument(f"--{name}", type=_int_list, default=None, help=f"new run: {what}, comma-separated (e.g. 64,128,256,256)")
+    for name, what in (("latent-channels", "latent channels"), ("vae-norm-groups", "VAE GroupNorm groups"),
+                       ("unet-layers", "UNet ResNet layers per level"), ("unet-norm-groups", "UNet GroupNorm groups")):
+        tb.add_argument(f"--{name}", type=int, default=None, help=f"new run: {what} (a resumed run keeps its checkpoint's)")
     tp = tsub.add_parser("textinv-prior", help="fit codec A's embedding prior on training photos and save it beside the backbone")
     tp.add_argument("--backbone", default=DEFAULT_BACKBONE)
     tp.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
@@ -301,6 +306,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,128,256, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _arch_from_args(args: argparse.Namespace):
+    """egc-tiny's default architecture with the command line's changes (a resumed phase keeps its checkpoint's)."""
+    from dataclasses import replace
+
+    from .train_backbone import EGC_TINY_CONFIG
+
+    names = {"vae_channels": "vae_channels", "unet_channels": "unet_channels", "latent_channels": "latent_channels",
+             "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block", "unet_norm_groups": "unet_norm_groups"}
+    changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    return replace(EGC_TINY_CONFIG, **changes)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "backbone":
         from .train_backbone import BackboneTrainConfig, train
@@ -310,7 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device,
                                   init_from=args.init_from, snr_gamma=args.snr_gamma,
                                   cond_lr_scale=args.cond_lr_scale, adv_weight=args.adv_weight, adv_start=args.adv_start,
-                                  lf_weight=args.lf_weight, precision=args.precision)
+                                  lf_weight=args.lf_weight, precision=args.precision, arch=_arch_from_args(args))
         print(train(cfg))
         return 0
     if args.what == "textinv-prior":

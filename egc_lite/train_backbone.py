@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -361,12 +361,13 @@ def train(cfg: BackboneTrainConfig) -> Path:
     ckpt = Path(cfg.ckpt_dir)
     ckpt.mkdir(parents=True, exist_ok=True)
     sampler = CropSampler(data_folders(cfg.data_dir), seed=cfg.seed + acc.process_index, min_side=cfg.crop)
-    comps = build_components(cfg.arch, seed=cfg.seed)
-    vae = comps.vae
     path = ckpt / f"{cfg.phase}.pt"
     state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
     if state is None and cfg.init_from:
         state = _state_from_export(Path(cfg.init_from), cfg.phase, ckpt)
+    cfg = replace(cfg, arch=run_arch(cfg, ckpt, state))
+    comps = build_components(cfg.arch, seed=cfg.seed)
+    vae = comps.vae
     start = time.time()
     first = state["step"] if state is not None else 0
     sampler.rng.seed(cfg.seed * 1_000_003 + acc.process_index * 7919 + first)  # resumable stream
@@ -486,6 +487,21 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------- export
+VAE_FIELDS = ("vae_channels", "vae_layers_per_block", "vae_norm_groups", "latent_channels")
+
+
+def run_arch(cfg: BackboneTrainConfig, ckpt: Path, state: dict | None) -> TinyBackboneConfig:
+    """The architecture a phase trains: a resumed phase keeps its checkpoint's; the ``decoder`` and
+    ``unet`` phases take the autoencoder's part from ``vae.pt`` (their latents are that VAE's)."""
+    if state is not None and state.get("config", {}).get("arch") is not None:
+        return checkpoint_arch(state)
+    arch = cfg.arch
+    if cfg.phase in ("decoder", "unet") and (ckpt / "vae.pt").exists():
+        vae_arch = checkpoint_arch(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False))
+        arch = replace(arch, **{k: getattr(vae_arch, k) for k in VAE_FIELDS})
+    return arch
+
+
 def checkpoint_arch(state: dict) -> TinyBackboneConfig:
     """The architecture a training checkpoint was made with (``EGC_TINY_CONFIG`` when it has none)."""
     arch = state.get("config", {}).get("arch")

@@ -193,3 +193,28 @@ def test_export_vae_refuses_a_checkpoint_with_another_encoder(tmp_path, capsys):
     assert err.startswith("egc: error:") and "encoder differs" in err and err.count("\n") == 1
     assert main(["train", "export", "--vae-only", "--ckpt", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no decoder.pt or vae.pt" in capsys.readouterr().err
+
+
+def test_architecture_of_a_new_run_and_its_later_phases_comes_from_the_vae_checkpoint(tmp_path):
+    """`egc train backbone --latent-channels 8 ...`: the unet phase and a resumed run keep vae.pt's architecture."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    arr = (torch.rand(72, 96, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy()
+    Image.fromarray(arr).save(photos / "0.png")
+    ckpt = tmp_path / "ckpt"
+    wide = replace(TEST_CONFIG, latent_channels=8, vae_channels=(8, 16, 16, 16))
+    common = dict(ckpt_dir=str(ckpt), data_dir=str(photos), batch_size=1, crop=64, log_every=1, save_every=1)
+    train(BackboneTrainConfig(phase="vae", steps=1, arch=wide, **common))
+    train(BackboneTrainConfig(phase="vae", steps=2, arch=TEST_CONFIG, **common))  # resumed: the checkpoint's widths win
+    assert torch.load(ckpt / "vae.pt", weights_only=False)["vae"]["encoder.conv_in.weight"].shape[0] == 8
+    train(BackboneTrainConfig(phase="unet", steps=1, arch=TEST_CONFIG, **common))  # latent channels from vae.pt
+    b = load_backbone(str(export_backbone(ckpt, tmp_path / "exported")), device="cpu")
+    assert b.latent_channels == 8 and b.unet.config.in_channels == 8
+    z = ddim_sample(b, b.null_cond, (8, 8), SamplerConfig(steps=2, guidance_scale=2.0))
+    assert z.shape == (1, 8, 8, 8) and torch.isfinite(b.decode(z)).all()
+
+
+def test_cli_architecture_options_refuse_bad_lists(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["train", "backbone", "--phase", "vae", "--vae-channels", "64,x"])
+    assert err.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
