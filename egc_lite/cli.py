@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--lmbda", type=float, required=True, help="rate weight lambda (larger = fewer bits; reference: 1..16)")
     td.add_argument("--backbone", default=DEFAULT_BACKBONE)
     td.add_argument("--ckpt", default="checkpoints/diffeic", help="checkpoint folder (outside the repository)")
-    td.add_argument("--data", default=None, help="training photos folder (default: $EGC_DATA/photos-train)")
+    td.add_argument("--data", default=None, help="training photo folders, joined by ':' (default: $EGC_DATA/photos-train)")
     td.add_argument("--steps", type=int, default=20000)
     td.add_argument("--batch-size", type=int, default=8)
     td.add_argument("--crop", type=int, default=128, help="crop side, a multiple of 64")
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--threads", type=int, default=None)
     td.add_argument("--device", default="auto")
     td.add_argument("--init-from", default=None, help="start from another rate point's checkpoint folder (fine-tune to this --lmbda)")
+    td.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="of the denoiser's forward and backward (the rate stays float32); auto: bf16 where it is fast")
     tdx = tsub.add_parser("diffeic-export", help="write a DiffEIC checkpoint as a loadable rate point folder")
     tdx.add_argument("--ckpt", default="checkpoints/diffeic")
     tdx.add_argument("--out", default=None, help="output folder")
@@ -359,7 +361,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                                 max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from)
+                                 max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,
+                                 precision=args.precision)
         print(train_diffeic(cfg, args.backbone, device=args.device))  # the Accelerator first, then the backbone on its device
         return 0
     if args.what == "diffeic-export":

@@ -83,6 +83,7 @@ from compressai.layers import GDN
 from torch import nn
 
 from .errors import ModelNotFoundError, ParameterError
+from .precision import autocast, training_precision
 from .progress import progress
 
 CONFIG_FILE = "config.json"
@@ -534,7 +535,7 @@ class DiffEICTrainConfig:
     """Options of one DiffEIC training run (one rate point)."""
 
     ckpt_dir: str = "checkpoints/diffeic"
-    data_dir: str | None = None
+    data_dir: str | None = None  # one folder or several joined by os.pathsep; None: the training photos folder
     model: DiffEICConfig = field(default_factory=DiffEICConfig)
     steps: int = 20000
     batch_size: int = 8
@@ -547,6 +548,7 @@ class DiffEICTrainConfig:
     threads: int | None = None
     max_minutes: float | None = None
     init_from: str | None = None  # another rate point's checkpoint (folder or .pt) to start from: same architecture, fresh optimizers
+    precision: str = "auto"  # of the UNet + control prediction (egc_lite.precision.training_precision); the rate stays float32
 
     def validate(self) -> None:
         self.model.validate()
@@ -560,9 +562,9 @@ class DiffEICLoss(nn.Module):
     """:math:`\\|\\epsilon-\\hat\\epsilon\\|^2 + \\lambda_a\\|c-z_0\\|^2 + \\lambda R` (module docstring); the UNet is frozen."""
 
     def __init__(self, model: DiffEICModel, unet, null_cond: torch.Tensor, alphas: torch.Tensor,
-                 prediction_type: str = "epsilon") -> None:
+                 prediction_type: str = "epsilon", precision: str = "fp32") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.precision = model, precision
         self.unet = unet  # frozen; its parameters have requires_grad False
         self.prediction_type = prediction_type  # the UNet's output: epsilon, or v (then the loss is on v)
         self.register_buffer("null_cond", null_cond.detach().float().clone())
@@ -576,7 +578,8 @@ class DiffEICLoss(nn.Module):
         a = self.alphas[t].view(-1, 1, 1, 1)
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
         cond = self.null_cond.expand(x.shape[0], -1, -1)
-        out = self.model.predict_noise(self.unet, z_t, t, cond, c)
+        with autocast(x.device, self.precision):  # the denoiser only: the rate above stays float32
+            out = self.model.predict_noise(self.unet, z_t, t, cond, c).float()
         target = eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
         mse = F.mse_loss(out, target)
         align = F.mse_loss(c, z0)
@@ -614,8 +617,7 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
     from accelerate import Accelerator
 
     from .backbone import load_backbone
-    from .data import training_photos_dir
-    from .train_backbone import CropSampler, _save
+    from .train_backbone import CropSampler, _save, data_folders
 
     cfg.validate()
     if cfg.threads:
@@ -638,8 +640,7 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
         )
     if state is not None:
         cfg.model = DiffEICConfig.from_dict(state["config"]["model"])
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else training_photos_dir()
-    sampler = CropSampler(data_dir, seed=cfg.seed + acc.process_index)
+    sampler = CropSampler(data_folders(cfg.data_dir), seed=cfg.seed + acc.process_index)
     first = state["step"] if state is not None else 0
     sampler.rng.seed(cfg.seed * 1_000_003 + acc.process_index * 7919 + first)  # resumable stream
     torch.manual_seed(cfg.seed * 7919 + acc.process_index + first)
@@ -650,8 +651,11 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
     elif cfg.init_from:
         model.load_state_dict(_init_weights(Path(cfg.init_from), model))
     model.train()
+    precision = training_precision(dev, next(backbone.unet.parameters()).dtype, cfg.precision)
+    # fp16 (a float16 UNet): its backward underflows without loss scaling; bf16 and fp32 need none
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     loss_mod = DiffEICLoss(model, backbone.unet, backbone.null_cond, backbone.scheduler.alphas_cumprod,
-                           backbone.prediction_type).to(dev)
+                           backbone.prediction_type, precision).to(dev)
     named = list(model.named_parameters())
     main_params = [p for n, p in named if not n.endswith("quantiles")]
     aux_params = [p for n, p in named if n.endswith("quantiles")]
@@ -675,10 +679,13 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
         aux_opt.zero_grad(set_to_none=True)
         # One backward (one DDP pass): the aux loss only reaches the quantiles, which only aux_opt steps
         # (as CompressAI's example, where the quantiles also see the main loss's gradient).
-        acc.backward(out["loss"] + out["aux"])
+        acc.backward(scaler.scale(out["loss"] + out["aux"]))
+        scaler.unscale_(opt)
+        scaler.unscale_(aux_opt)
         acc.clip_grad_norm_(main_params, 1.0)
-        opt.step()
-        aux_opt.step()
+        scaler.step(opt)  # skipped (and the scale lowered) when an fp16 gradient overflowed
+        scaler.step(aux_opt)
+        scaler.update()
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         done = step + 1

@@ -63,11 +63,24 @@ def resolve_precision(device: torch.device | str, precision: str = "auto") -> st
     return "fp32"
 
 
+def training_precision(device: torch.device | str, frozen_dtype: torch.dtype, precision: str = "auto") -> str:
+    """Autocast precision of a run that trains beside a frozen network stored in ``frozen_dtype``.
+
+    A float16 network (Stable Diffusion loaded in fp16 on CUDA) gives ``"fp16"``: its backward runs
+    in float16, whose small gradients underflow to zero unless the loss is scaled
+    (``torch.amp.GradScaler``, enabled exactly when this returns ``"fp16"``). Otherwise
+    :func:`resolve_precision`.
+    """
+    if frozen_dtype == torch.float16:
+        return "fp16"
+    return resolve_precision(device, precision)
+
+
 def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """A ``torch.autocast`` context for a resolved precision (``fp32``: a no-op context)."""
+    """A ``torch.autocast`` context for a resolved precision (``bf16``, ``fp16``; ``fp32``: a no-op context)."""
     dev = torch.device(device)
-    if precision == "bf16":
-        return torch.autocast(dev.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(dev.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 

@@ -218,3 +218,34 @@ def test_decode_in_another_process_is_bit_exact(tmp_path, model, tiny_backbone):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / "c.pt"), c_here)
+
+
+def test_a_float16_unet_trains_with_loss_scaling(tmp_path, tiny_backbone):
+    """Issue 11, fault 6: the control module learns through a float16 UNet even where its gradients
+    are below float16's smallest number (they would flush to zero without loss scaling)."""
+    import copy
+
+    from egc_lite.precision import training_precision
+
+    backbone = copy.deepcopy(tiny_backbone)
+    backbone.unet.half()
+    with torch.no_grad():  # a UNet whose output is tiny: every gradient behind it is below 6e-8 in float16
+        backbone.unet.conv_out.weight.mul_(1e-5)
+    assert training_precision("cpu", torch.float16) == "fp16" and training_precision("cpu", torch.float32, "fp32") == "fp32"
+    photos = _photos(tmp_path / "photos")
+    ckpt = tmp_path / "ckpt"
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0),
+                                     batch_size=2, crop=64, steps=2, lr=1e-3, log_every=1, save_every=1), backbone)
+    state = torch.load(ckpt / "diffeic.pt", weights_only=False)["model"]
+    projections = [v for k, v in state.items() if ("controlnet_down_blocks" in k or "controlnet_mid_block" in k) and k.endswith("weight")]
+    assert projections and any(bool(v.abs().sum() > 0) for v in projections)  # the zero-initialised projections moved
+    assert next(backbone.unet.parameters()).dtype == torch.float16  # the frozen UNet stays as loaded
+
+
+def test_bf16_training_keeps_the_rate_in_float32(tmp_path, tiny_backbone):
+    photos = _photos(tmp_path / "photos")
+    ckpt = tmp_path / "ckpt"
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0),
+                                     batch_size=2, crop=64, steps=1, log_every=1, precision="bf16"), tiny_backbone)
+    log = [json.loads(line) for line in (ckpt / "diffeic_log.jsonl").read_text().splitlines()]
+    assert log[0]["bpp"] > 0 and log[0]["mse"] > 0
