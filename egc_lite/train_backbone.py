@@ -251,11 +251,11 @@ LOW_MID_SHARE, LOW_MID_MEAN, LOW_MID_STD = 0.75, -0.5, 1.0
 def sample_timesteps(n: int, n_train: int, mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
     """Training levels ``t`` in ``[0, n_train)``.
 
-    ``uniform``: DDPM's :math:`t\sim\mathcal{U}\{0..T-1\}`. ``low-mid``: the levels where both codecs
+    ``uniform``: DDPM's :math:`t\\sim\\mathcal{U}\\{0..T-1\\}`. ``low-mid``: the levels where both codecs
     lean on the prior, since each gives the decoder strong side information (codec B starts from its
     content variables at an intermediate level; codec A's guide fixes the layout early): with
-    probability 0.75, :math:`t = T\,\sigma(u)`, :math:`u\sim\mathcal{N}(-0.5, 1)` (a logit-normal,
-    as Esser et al. 2024 eq. 19, shifted toward low noise: median :math:`t\approx 378`, 78% of it
+    probability 0.75, :math:`t = T\\,\\sigma(u)`, :math:`u\\sim\\mathcal{N}(-0.5, 1)` (a logit-normal,
+    as Esser et al. 2024 eq. 19, shifted toward low noise: median :math:`t\\approx 378`, 82% of it
     below 600), else uniform, so that the pure-noise levels codec A starts from are still trained.
     """
     if mode == "uniform":
