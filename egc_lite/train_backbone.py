@@ -536,6 +536,16 @@ def checkpoint_arch(state: dict) -> TinyBackboneConfig:
     return TinyBackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
 
 
+def vae_from_checkpoint(path: str | Path):
+    """The float32 ``AutoencoderKL`` of a ``vae.pt`` / ``decoder.pt`` training checkpoint (for measuring it before export)."""
+    from .tiny import build_vae
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    vae = build_vae(checkpoint_arch(state))
+    vae.load_state_dict(state["vae"])
+    return vae.eval()
+
+
 def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     """Replace only the autoencoder of the exported backbone in ``out_dir`` by the checkpoint's
     (``decoder.pt`` when that phase ran, else ``vae.pt``), keeping the folder's latent scale.
