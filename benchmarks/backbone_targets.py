@@ -1,6 +1,7 @@
 """Measure egc-tiny against its targets (prints a table; not a timed test).
 
     python benchmarks/backbone_targets.py [--backbone egc-tiny] [--images 24] [--inversion-images 4]
+    python benchmarks/backbone_targets.py --vae-ckpt CKPT/vae.pt     # a VAE still in training (part 1 only)
 
 1. VAE reconstruction of Kodak images at full size (8-bit outputs): PSNR, MS-SSIM, LF-PSNR (PSNR of
    8x8 block means: colour and layout) and sharpness (mean gradient magnitude over the original's).
@@ -31,9 +32,15 @@ def main() -> None:
     ap.add_argument("--inversion-images", type=int, default=4)
     ap.add_argument("--inversion-steps", type=int, default=200)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--vae-ckpt", default=None, help="a training checkpoint (vae.pt or decoder.pt): its VAE replaces the backbone's (part 1 only)")
     args = ap.parse_args()
     set_progress(False)
     b = load_backbone(args.backbone, device="cpu")
+    if args.vae_ckpt:
+        from egc_lite.train_backbone import vae_from_checkpoint
+
+        b.vae = vae_from_checkpoint(args.vae_ckpt)
+        args.inversion_images, args.skip_speed = 0, True  # the backbone's UNet does not read this VAE's latents
     paths = kodak_paths()[: args.images]  # the VAE's images; the inversion takes its own count
 
     ps, ms, lf, sh = [], [], [], []

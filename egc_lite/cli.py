@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--lr", type=float, default=None,
                     help="learning rate (default 4e-4 for a new run; a resumed run keeps its checkpoint's rates unless given)")
     tb.add_argument("--snr-gamma", type=float, default=None, help="unet phase: Min-SNR loss weight gamma (the paper's choice is 5)")
+    tb.add_argument("--t-sampling", choices=("uniform", "low-mid"), default="uniform",
+                    help="unet phase: training levels; low-mid draws more of the low and middle noise levels the codecs decode at")
     tb.add_argument("--cond-lr-scale", type=float, default=1.0, help="unet phase: learning-rate factor of the conditioning path")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--max-minutes", type=float, default=None)
@@ -337,7 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = BackboneTrainConfig(phase=args.phase, ckpt_dir=args.ckpt, data_dir=args.data, steps=args.steps,
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device,
-                                  init_from=args.init_from, snr_gamma=args.snr_gamma,
+                                  init_from=args.init_from, snr_gamma=args.snr_gamma, t_sampling=args.t_sampling,
                                   cond_lr_scale=args.cond_lr_scale, adv_weight=args.adv_weight, adv_start=args.adv_start,
                                   lf_weight=args.lf_weight, precision=args.precision, arch=_arch_from_args(args))
         print(train(cfg))

@@ -62,6 +62,7 @@ class BackboneTrainConfig:
     kl_weight: float = 1e-6
     p_uncond: float = 0.15
     snr_gamma: float | None = None  # Min-SNR weighting of the UNet loss (Hang et al. 2023); None: plain eps-MSE
+    t_sampling: str = "uniform"  # unet phase: uniform | low-mid (sample_timesteps: more of the levels the codecs decode at)
     cond_lr_scale: float = 1.0  # unet phase: learning-rate factor of the conditioning path (_is_conditioning)
     ema_decay: float = 0.999
     adv_weight: float = 0.0  # vae/decoder phases: adversarial gradient / reconstruction gradient (adaptive_adversarial_weight); 0 = off
@@ -240,6 +241,31 @@ def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor, 
 def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """The critic's hinge loss :math:`\\mathbb{E}[\\max(0, 1-D(x))] + \\mathbb{E}[\\max(0, 1+D(\\hat x))]` (Lim and Ye 2017)."""
     return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+T_SAMPLINGS = ("uniform", "low-mid")
+#: ``low-mid``: share drawn from the logit-normal part, and its mean and spread on logit(t / T).
+LOW_MID_SHARE, LOW_MID_MEAN, LOW_MID_STD = 0.75, -0.5, 1.0
+
+
+def sample_timesteps(n: int, n_train: int, mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Training levels ``t`` in ``[0, n_train)``.
+
+    ``uniform``: DDPM's :math:`t\\sim\\mathcal{U}\\{0..T-1\\}`. ``low-mid``: the levels where both codecs
+    lean on the prior, since each gives the decoder strong side information (codec B starts from its
+    content variables at an intermediate level; codec A's guide fixes the layout early): with
+    probability 0.75, :math:`t = T\\,\\sigma(u)`, :math:`u\\sim\\mathcal{N}(-0.5, 1)` (a logit-normal,
+    as Esser et al. 2024 eq. 19, shifted toward low noise: median :math:`t\\approx 378`, 82% of it
+    below 600), else uniform, so that the pure-noise levels codec A starts from are still trained.
+    """
+    if mode == "uniform":
+        return torch.randint(0, n_train, (n,), device=device)
+    if mode != "low-mid":
+        raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLINGS)}, not {mode!r}")
+    logit = torch.randn(n, device=device) * LOW_MID_STD + LOW_MID_MEAN
+    t = (torch.sigmoid(logit) * n_train).long().clamp(0, n_train - 1)
+    uniform = torch.randint(0, n_train, (n,), device=device)
+    return torch.where(torch.rand(n, device=device) < LOW_MID_SHARE, t, uniform)
 
 
 class DenoisingLoss(nn.Module):
@@ -423,7 +449,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
     for step in progress(range(first, cfg.steps), desc=f"egc-tiny {cfg.phase}", total=cfg.steps - first):
         if cfg.phase == "unet":
             z0 = latent_crops(bank, cfg.batch_size, cfg.crop // 8, sampler.rng).to(dev) * latent_scale
-            t = torch.randint(0, n_train, (z0.shape[0],), device=dev)
+            t = sample_timesteps(z0.shape[0], n_train, cfg.t_sampling, dev)
             drop = torch.rand(z0.shape[0], device=dev) < cfg.p_uncond
             with autocast(dev, precision):
                 loss = model(z0, t, torch.randn_like(z0), drop)
@@ -508,6 +534,16 @@ def checkpoint_arch(state: dict) -> TinyBackboneConfig:
     if arch is None:
         return EGC_TINY_CONFIG
     return TinyBackboneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
+
+
+def vae_from_checkpoint(path: str | Path):
+    """The float32 ``AutoencoderKL`` of a ``vae.pt`` / ``decoder.pt`` training checkpoint (for measuring it before export)."""
+    from .tiny import build_vae
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    vae = build_vae(checkpoint_arch(state))
+    vae.load_state_dict(state["vae"])
+    return vae.eval()
 
 
 def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:

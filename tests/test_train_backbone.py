@@ -218,3 +218,19 @@ def test_cli_architecture_options_refuse_bad_lists(capsys):
     with pytest.raises(SystemExit) as err:
         main(["train", "backbone", "--phase", "vae", "--vae-channels", "64,x"])
     assert err.value.code == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
+    from egc_lite.train_backbone import sample_timesteps
+
+    torch.manual_seed(0)
+    uniform = sample_timesteps(40_000, 1000, "uniform")
+    low_mid = sample_timesteps(40_000, 1000, "low-mid")
+    assert int(uniform.min()) >= 0 and int(low_mid.max()) <= 999
+    share = lambda t, a, b: float(((t >= a) & (t < b)).float().mean())  # noqa: E731
+    assert abs(share(uniform, 0, 600) - 0.6) < 0.01
+    # 0.75 * P(sigmoid(N(-0.5, 1)) < 0.6) + 0.25 * 0.6 = 0.75 * Phi(logit(0.6) + 0.5) + 0.15
+    assert abs(share(low_mid, 0, 600) - (0.75 * 0.8174 + 0.15)) < 0.01
+    assert share(low_mid, 900, 1000) > 0.025  # the pure-noise end keeps a share (the uniform part's 2.5% and more)
+    with pytest.raises(ValueError, match="t_sampling"):
+        sample_timesteps(4, 1000, "cosine")
