@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--n", type=int, default=64, help="hyper-latent channels N")
     td.add_argument("--m", type=int, default=96, help="latent channels M")
     td.add_argument("--control-ratio", type=float, default=0.2, help="control module width / UNet width")
+    td.add_argument("--z0-modulation", choices=("concat", "sft"), default="concat",
+                    help="how the VAE latent enters the encoder: concatenated in g_a, or SFT layers in g_a and h_a (the reference's)")
+    td.add_argument("--sft-channels", type=int, default=32, help="width of the SFT condition maps (with --z0-modulation sft)")
+    td.add_argument("--context", choices=("none", "checkerboard"), default="none", help="entropy model context of y")
+    td.add_argument("--context-slices", type=_int_list, default=(),
+                    help="channel slices of the checkerboard context (ELIC style), comma-separated, summing to --m (e.g. 8,8,16,32,32)")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--max-minutes", type=float, default=None)
     td.add_argument("--threads", type=int, default=None)
@@ -360,7 +366,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "diffeic":
         from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
 
-        model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
+        model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda,
+                              z0_modulation=args.z0_modulation, sft_channels=args.sft_channels, context=args.context,
+                              context_slices=tuple(args.context_slices))
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                  max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from,

@@ -15,13 +15,21 @@ Two stages, both trained here on top of a *frozen* backbone:
    ``y`` with a Gaussian conditional :math:`\\mathcal{N}(\\mu, \\sigma^2)` convolved with
    :math:`\\mathcal{U}(-\\frac12, \\frac12)` (the mean-scale hyperprior of Minnen et al. 2018). The
    *content variables* ``c`` have the shape of the backbone latent (``latent_channels x H/8 x W/8``).
-   The VAE latent :math:`z_0` modulates the *encoder* only (concatenated to the stride-8
-   features of :math:`g_a`; the reference uses SFT layers there): the decoder never needs it.
+   The VAE latent :math:`z_0` modulates the *encoder* only (the decoder never has it), in one of
+   two ways (``DiffEICConfig.z0_modulation``): ``"concat"`` joins it to the stride-8 features of
+   :math:`g_a` (the shipped rate points); ``"sft"`` follows the reference: spatial feature transforms
+   (:class:`SFT`, a per-pixel scale and shift :math:`x(1+\\gamma(f))+\\beta(f)` computed from
+   :math:`z_0`'s features) at strides 8 and 16 of :math:`g_a` and at every stage of the
+   hyper-analysis, :math:`w = h_a(y, z_0)`.
 
-   Not done (kept simple on purpose): the reference's channel-slice + checkerboard context model
-   (ELIC style), its SFT modulation in :math:`h_a` and :math:`g_s`, and the extra
-   :math:`\\hat w \\to g_s` branch. The entropy model is the plain mean-scale hyperprior, so a
-   trained model here pays somewhat more bits than the reference at equal quality.
+   Entropy model of ``y`` (``DiffEICConfig.context``): ``"none"`` is the mean-scale hyperprior above;
+   ``"checkerboard"`` adds He et al.'s two-pass checkerboard context (anchors from the hyperprior,
+   non-anchors also from the decoded anchors), over ELIC-style channel slices when
+   ``context_slices`` is given (:class:`CheckerboardContext`). Both are in one rANS stream ``y``.
+
+   Not done (kept simple on purpose): the reference's SFT modulation of :math:`g_s` by the extra
+   :math:`\\hat w \\to g_s` branch. Which options pay for themselves is measured by training rate
+   points (the defaults are the shipped design until then).
 
 2. A control module (:class:`ControlModule`) that injects ``c`` into the frozen UNet through
    zero-initialised connections, so that training starts from the unchanged backbone:
@@ -57,10 +65,11 @@ Control module: measured choice
     UNet's encoder, the ControlNet recipe). Parameter counts: see ``DiffEICModel.parameter_counts``.
 
 Bit-exact decoding
-    Everything that decides the bits (``w``'s medians, the hyper-synthesis :math:`h_s` that gives
-    the scales and means of ``y``) runs on the CPU in float32 at both ends, and the encoder rebuilds
-    :math:`\\hat w, \\hat y` by *decoding its own bytes*, so the content variables it reports are
-    exactly the decoder's. The probability tables are saved in ``model.safetensors`` and loaded
+    Everything that decides the bits (``w``'s medians, the hyper-synthesis :math:`h_s` and the
+    context model that give the scales and means of ``y``) runs on the CPU in float32 at both ends,
+    and the encoder rebuilds :math:`\\hat w, \\hat y` by *decoding its own bytes*, so the content
+    variables it reports are exactly the decoder's (with a context model it also checks that its own
+    pass-by-pass values equal the decoded ones). The probability tables are saved in ``model.safetensors`` and loaded
     (never rebuilt) by :func:`load_diffeic`. What remains is the usual learned-codec caveat: a CPU
     whose float32 convolution differs in the last bit could move a scale across a table boundary.
 """
@@ -82,7 +91,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from torch import nn
 
-from .errors import ModelNotFoundError, ParameterError
+from .errors import BitstreamError, ModelNotFoundError, ParameterError
 from .precision import autocast, training_precision
 from .progress import progress
 
@@ -99,6 +108,11 @@ UNET_KEYS = (
 
 
 # ---------------------------------------------------------------------------------- configuration
+#: Fields appended to :class:`DiffEICConfig` after rate points were shipped, with the value that means
+#: the design those points were trained with (an absent field in ``config.json`` takes it).
+LEGACY_FIELDS: dict[str, Any] = {"z0_modulation": "concat", "sft_channels": 32, "context": "none", "context_slices": ()}
+
+
 @dataclass(frozen=True)
 class DiffEICConfig:
     """Architecture and loss weights of one DiffEIC rate point.
@@ -117,6 +131,12 @@ class DiffEICConfig:
     hint_channels: tuple[int, ...] = (16,)  # one entry: no downsampling of the hint
     lmbda: float = 4.0
     alignment_weight: float = 2.0  # lambda_a of the space alignment loss
+    # Appended after the first shipped rate points; their defaults are the design those were trained with
+    # (LEGACY_FIELDS), so a config.json without them loads as before and hashes as before.
+    z0_modulation: str = "concat"  # "concat" (z0 joins g_a at stride 8) or "sft" (SFT layers in g_a and h_a, the reference's)
+    sft_channels: int = 32  # width of the z0 condition maps and SFT hidden layers
+    context: str = "none"  # "none" (mean-scale hyperprior) or "checkerboard" (He et al. 2021)
+    context_slices: tuple[int, ...] = ()  # channel slices of the checkerboard context (ELIC); () = one slice of M
 
     def validate(self) -> None:
         if self.N < 4 or self.M < 4:
@@ -127,9 +147,17 @@ class DiffEICConfig:
             raise ParameterError("hint_channels must have one entry: more would downsample the latent-space hint")
         if self.lmbda < 0 or self.alignment_weight < 0:
             raise ParameterError("lmbda and alignment_weight must not be negative")
+        check_compressor_options(self.M, self.use_z0, self.z0_modulation, self.sft_channels, self.context,
+                                 tuple(self.context_slices))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity_dict(self) -> dict:
+        """:meth:`to_dict` without the appended fields that hold their legacy value: what
+        :meth:`DiffEICModel.fingerprint` hashes, so rate points saved before those fields existed keep
+        their fingerprint (and the files made with them keep decoding)."""
+        return {k: v for k, v in self.to_dict().items() if k not in LEGACY_FIELDS or v != LEGACY_FIELDS[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> DiffEICConfig:
@@ -147,6 +175,30 @@ def unet_summary(unet) -> dict:
 
 
 # ---------------------------------------------------------------------------------- compressor
+#: How the VAE latent enters the encoder: concatenated to g_a's stride-8 features, or SFT layers in g_a and h_a.
+Z0_MODULATIONS = ("concat", "sft")
+#: Entropy models of y: the mean-scale hyperprior alone, or with a checkerboard (+ channel-slice) context.
+CONTEXTS = ("none", "checkerboard")
+
+
+def check_compressor_options(M: int, use_z0: bool, z0_modulation: str, sft_channels: int, context: str,
+                             context_slices: tuple[int, ...]) -> None:
+    """Raise :class:`ParameterError` for compressor options that do not fit together."""
+    if z0_modulation not in Z0_MODULATIONS:
+        raise ParameterError(f"z0_modulation must be one of {Z0_MODULATIONS}, got {z0_modulation!r}")
+    if z0_modulation == "sft" and not use_z0:
+        raise ParameterError("z0_modulation='sft' modulates the encoder by z0: it needs use_z0=True")
+    if sft_channels < 4:
+        raise ParameterError(f"sft_channels must be at least 4, got {sft_channels}")
+    if context not in CONTEXTS:
+        raise ParameterError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if context_slices:
+        if context != "checkerboard":
+            raise ParameterError("context_slices (channel slices) need context='checkerboard'")
+        if min(context_slices) < 1 or sum(context_slices) != M:
+            raise ParameterError(f"context_slices must be positive and sum to M={M}, got {tuple(context_slices)}")
+
+
 def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
@@ -155,28 +207,211 @@ def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspos
     return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
 
 
+def _fit(f: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """``f`` at spatial ``size``: average-pooled when larger, bilinearly upsampled when smaller."""
+    size = tuple(size)
+    if tuple(f.shape[-2:]) == size:
+        return f
+    if f.shape[-2] >= size[0] and f.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(f, size)
+    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+
+
+def _feature(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """A condition branch: 3x3 convolution (``stride``), GELU, 1x1 convolution."""
+    return nn.Sequential(_conv(cin, cout, 3, stride), nn.GELU(), _conv(cout, cout, 1, 1))
+
+
+class SFT(nn.Module):
+    """Spatial feature transform (Wang et al. 2018, "Recovering Realistic Texture in Image
+    Super-resolution by Deep Spatial Feature Transform", eq. 2): :math:`x \\odot (1 + \\gamma(f)) + \\beta(f)`,
+    a per-pixel, per-channel scale and shift computed from a condition map ``f`` (resized to ``x``)."""
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.shared = nn.Sequential(_conv(cond_channels, hidden, 3, 1), nn.LeakyReLU(0.2))
+        self.gamma = _conv(hidden, channels, 3, 1)
+        self.beta = _conv(hidden, channels, 3, 1)
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        h = self.shared(_fit(f.to(x.dtype), x.shape[-2:]))
+        return x * (1 + self.gamma(h)) + self.beta(h)
+
+
+class SFTResBlock(nn.Module):
+    """Residual block whose two 3x3 convolutions are each preceded by an :class:`SFT` and a leaky ReLU."""
+
+    def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.sft0, self.sft1 = SFT(channels, cond_channels, hidden), SFT(channels, cond_channels, hidden)
+        self.conv0, self.conv1 = _conv(channels, channels, 3, 1), _conv(channels, channels, 3, 1)
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        h = self.conv0(F.leaky_relu(self.sft0(x, f), 0.2))
+        return x + self.conv1(F.leaky_relu(self.sft1(h, f), 0.2))
+
+
+class AnalysisSFT(nn.Module):
+    """The z0-modulated part of :math:`g_a` (DiffEIC's encoder, encoder side only).
+
+    ``before(h, z0)`` modulates g_a's stride-8 features by an SFT whose condition ``f8`` comes from
+    :math:`z_0`; ``after(y, f8)`` modulates the stride-16 output by a stride-2 condition ``f16``
+    (an SFT, an SFT residual block) and ends with a 3x3 convolution.
+    """
+
+    def __init__(self, N: int, M: int, latent_channels: int, P: int) -> None:
+        super().__init__()
+        self.feat8, self.sft8 = _feature(latent_channels, P), SFT(N, P, P)
+        self.feat16, self.sft16 = _feature(P, P, 2), SFT(M, P, P)
+        self.res = SFTResBlock(M, P, P)
+        self.out = _conv(M, M, 3, 1)
+
+    def before(self, h: torch.Tensor, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f8 = _fit(self.feat8(z0.to(h.dtype)), h.shape[-2:])
+        return self.sft8(h, f8), f8
+
+    def after(self, y: torch.Tensor, f8: torch.Tensor) -> torch.Tensor:
+        f16 = _fit(self.feat16(f8), y.shape[-2:])
+        return self.out(self.res(self.sft16(y, f16), f16))
+
+
+class HyperAnalysisSFT(nn.Module):
+    """:math:`w = h_a(y, z_0)`, DiffEIC's latent-modulated hyper-analysis (stride 4 from ``y``).
+
+    The condition starts from :math:`z_0`'s features pooled to ``y``'s grid and fused with ``y``; each
+    of the three stages (stride 1, 2, 2) is a convolution followed by an :class:`SFT` under the
+    condition brought to its resolution; a 3x3 convolution ends it.
+    """
+
+    def __init__(self, M: int, N: int, latent_channels: int, P: int) -> None:
+        super().__init__()
+        self.feat = _feature(latent_channels, P)
+        self.fuse = nn.Sequential(_conv(M + P, P, 3, 1), nn.GELU(), _conv(P, P, 3, 1))
+        self.convs = nn.ModuleList([_conv(M, N, 3, 1), _conv(N, N), _conv(N, N)])
+        self.downs = nn.ModuleList([_feature(P, P, 2), _feature(P, P, 2)])
+        self.sfts = nn.ModuleList(SFT(N, P, P) for _ in range(3))
+        self.out = _conv(N, N, 3, 1)
+
+    def forward(self, y: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+        f = self.fuse(torch.cat([y, _fit(self.feat(z0.to(y.dtype)), y.shape[-2:])], dim=1))
+        h = y
+        for i, (conv, sft) in enumerate(zip(self.convs, self.sfts)):
+            if i:
+                f = self.downs[i - 1](f)
+                h = F.leaky_relu(h)
+            h = sft(conv(h), f)
+        return self.out(h)
+
+
+def _entropy_parameters(cin: int, cout: int) -> nn.Sequential:
+    """1x1 convolutions from context + hyper features to (scales, means) (Minnen et al. 2018, fig. 4)."""
+    a, b = cout * 5 // 3, cout * 4 // 3
+    return nn.Sequential(_conv(cin, a, 1, 1), nn.GELU(), _conv(a, b, 1, 1), nn.GELU(), _conv(b, cout, 1, 1))
+
+
+def checkerboard(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The anchor mask of a ``h x w`` grid: True where ``i + j`` is even (He et al. 2021, fig. 3)."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return (i + j) % 2 == 0
+
+
+class CheckerboardContext(nn.Module):
+    """Checkerboard context (He et al. 2021, "Checkerboard Context Model for Efficient Learned Image
+    Compression"), optionally over channel slices (He et al. 2022, ELIC).
+
+    ``y``'s channels are split into ``slices`` (one slice of ``M`` = plain checkerboard). Slice ``k``
+    is coded in two passes: the anchors (``i + j`` even) with parameters from the hyper features
+    :math:`\\psi = h_s(\\hat w)` and the channel context :math:`g_{ch}(\\hat y_{<k})`, then the
+    non-anchors with, in addition, the spatial context :math:`g_{sp}(\\hat y_k^{anchor})` (a 5x5
+    convolution of the decoded anchors, zero elsewhere; He et al. eq. 6-7):
+
+    .. math::
+        (\\sigma, \\mu)_k^{a} = e^a_k(\\psi, g_{ch}(\\hat y_{<k})),\\qquad
+        (\\sigma, \\mu)_k^{n} = e^n_k(\\psi, g_{ch}(\\hat y_{<k}), g_{sp}(\\hat y_k^{a})).
+    """
+
+    def __init__(self, M: int, slices: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.slices = tuple(slices) or (M,)
+        self.spatial = nn.ModuleList(_conv(s, 2 * s, 5, 1) for s in self.slices)
+        self.channel = nn.ModuleList(
+            nn.Sequential(_conv(sum(self.slices[:k]), 2 * s, 5, 1), nn.GELU(), _conv(2 * s, 2 * s, 5, 1))
+            for k, s in enumerate(self.slices) if k
+        )
+        self.anchor = nn.ModuleList(_entropy_parameters(2 * M + (2 * s if k else 0), 2 * s) for k, s in enumerate(self.slices))
+        self.nonanchor = nn.ModuleList(_entropy_parameters(2 * M + (4 * s if k else 2 * s), 2 * s) for k, s in enumerate(self.slices))
+
+    def run(self, psi: torch.Tensor, code) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The passes in coding order; returns :math:`(\\hat y, \\sigma, \\mu)` over all channels.
+
+        ``code(lo, hi, mask, scales, means)`` quantises channels ``lo:hi`` at the positions of the
+        boolean ``mask`` (H, W) under the given parameters (of shape (B, hi - lo, H, W)) and returns
+        those values with zeros elsewhere: a straight-through rounding when training, the range coder's
+        encoder or decoder when coding.
+        """
+        anchors = checkerboard(*psi.shape[-2:], device=psi.device)
+        done: list[torch.Tensor] = []
+        scales: list[torch.Tensor] = []
+        means: list[torch.Tensor] = []
+        lo = 0
+        for k, s in enumerate(self.slices):
+            extra = [self.channel[k - 1](torch.cat(done, dim=1))] if k else []
+            s_a, m_a = self.anchor[k](torch.cat([psi, *extra], dim=1)).chunk(2, dim=1)
+            y_a = code(lo, lo + s, anchors, s_a, m_a)
+            s_n, m_n = self.nonanchor[k](torch.cat([psi, *extra, self.spatial[k](y_a)], dim=1)).chunk(2, dim=1)
+            y_n = code(lo, lo + s, ~anchors, s_n, m_n)
+            done.append(y_a + y_n)
+            scales.append(torch.where(anchors, s_a, s_n))
+            means.append(torch.where(anchors, m_a, m_n))
+            lo += s
+        return torch.cat(done, dim=1), torch.cat(scales, dim=1), torch.cat(means, dim=1)
+
+
+def _cpu_float32(module: nn.Module) -> nn.Module:
+    """``module`` itself when it lives on the CPU in float32, else such a copy (what both coder ends run)."""
+    p = next(module.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32:
+        module = copy.deepcopy(module).to("cpu", torch.float32)
+    return module
+
+
 class LatentCompressor(nn.Module):
-    """Mean-scale hyperprior compressor from image (+ VAE latent) to content variables (module docstring).
+    """Hyperprior compressor from image (+ VAE latent) to content variables (module docstring).
 
     ``forward(x, z0)`` (training): ``c`` and the likelihoods ``{"y", "z"}``. :meth:`compress` /
     :meth:`decompress`: real bytes through :mod:`egc_lite.entropy` (one item at a time).
     ``x`` is ``(B, 3, H, W)`` in [0, 1] with H, W multiples of 64; ``z0`` is the backbone's
-    scaled latent of ``x``.
+    scaled latent of ``x``. ``z0_modulation``: ``"concat"`` (z0 joins g_a's stride-8 features) or
+    ``"sft"`` (SFT layers in :math:`g_a` and :math:`h_a`, :class:`AnalysisSFT`, :class:`HyperAnalysisSFT`,
+    ``sft_channels`` wide); ``context``: ``"none"`` (mean-scale hyperprior) or ``"checkerboard"``
+    (:class:`CheckerboardContext` over ``context_slices``).
     """
 
-    def __init__(self, N: int, M: int, latent_channels: int = 4, vae_factor: int = 8, use_z0: bool = True) -> None:
+    def __init__(self, N: int, M: int, latent_channels: int = 4, vae_factor: int = 8, use_z0: bool = True,
+                 z0_modulation: str = "concat", sft_channels: int = 32, context: str = "none",
+                 context_slices: tuple[int, ...] = ()) -> None:
         super().__init__()
         if vae_factor not in (1, 2, 4, 8, 16):
             raise ParameterError(f"the VAE factor must be a power of two up to 16, got {vae_factor}")
+        check_compressor_options(M, use_z0, z0_modulation, sft_channels, context, tuple(context_slices))
         self.N, self.M, self.latent_channels, self.vae_factor, self.use_z0 = N, M, latent_channels, vae_factor, use_z0
+        self.z0_modulation, self.context_kind = z0_modulation, context
+        sft = use_z0 and z0_modulation == "sft"
         # g_a: three stride-2 stages to stride 8, the VAE latent joins there, one more to stride 16.
         self.g_a1 = nn.Sequential(_conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N))
-        self.g_a2 = nn.Sequential(_conv(N + (latent_channels if use_z0 else 0), N, 3, 1), GDN(N), _conv(N, M))
-        self.h_a = nn.Sequential(_conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, N))
+        concat = latent_channels if use_z0 and not sft else 0
+        self.g_a2 = nn.Sequential(_conv(N + concat, N, 3, 1), GDN(N), _conv(N, M))
+        self.g_a_sft = AnalysisSFT(N, M, latent_channels, sft_channels) if sft else None
+        if sft:
+            self.h_a: nn.Module = HyperAnalysisSFT(M, N, latent_channels, sft_channels)
+        else:
+            self.h_a = nn.Sequential(_conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, N))
         self.h_s = nn.Sequential(
             _deconv(N, M), nn.LeakyReLU(inplace=True), _deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
             _conv(M * 3 // 2, 2 * M, 3, 1),
         )
+        self.context = CheckerboardContext(M, tuple(context_slices)) if context == "checkerboard" else None
         ups = int(math.log2(16 // vae_factor))
         layers: list[nn.Module] = [_conv(M, N, 3, 1)]
         for _ in range(ups):
@@ -186,32 +421,56 @@ class LatentCompressor(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
 
+    @classmethod
+    def from_config(cls, cfg: DiffEICConfig, latent_channels: int = 4, vae_factor: int = 8) -> LatentCompressor:
+        """The compressor that ``cfg`` describes."""
+        return cls(cfg.N, cfg.M, latent_channels, vae_factor, cfg.use_z0, cfg.z0_modulation, cfg.sft_channels,
+                   cfg.context, tuple(cfg.context_slices))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part; ``encoder_only`` are those the decoder never runs (:math:`g_a`, :math:`h_a`)."""
+        n = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+        parts = {"g_a": n(self.g_a1) + n(self.g_a2) + n(self.g_a_sft), "h_a": n(self.h_a), "h_s": n(self.h_s),
+                 "context": n(self.context), "g_s": n(self.g_s), "entropy_bottleneck": n(self.entropy_bottleneck)}
+        return {**parts, "encoder_only": parts["g_a"] + parts["h_a"], "total": n(self)}
+
     # -- pieces
     def analysis(self, x: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
         """:math:`y = g_a(x, z_0)` (stride 16)."""
         h = self.g_a1(x * 2 - 1)
-        if self.use_z0:
+        if not self.use_z0:
+            return self.g_a2(h)
+        if z0 is None:
+            raise ParameterError("this compressor reads the VAE latent z0: pass it")
+        if self.g_a_sft is not None:
+            h, f8 = self.g_a_sft.before(h, z0)
+            return self.g_a_sft.after(self.g_a2(h), f8)
+        z0 = z0.to(h.dtype)
+        if z0.shape[-2:] != h.shape[-2:]:
+            z0 = F.interpolate(z0, size=h.shape[-2:], mode="bilinear", align_corners=False)
+        return self.g_a2(torch.cat([h, z0], dim=1))
+
+    def hyper_analysis(self, y: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
+        """:math:`w = h_a(y)`, or :math:`h_a(y, z_0)` with SFT modulation (stride 64)."""
+        if isinstance(self.h_a, HyperAnalysisSFT):
             if z0 is None:
                 raise ParameterError("this compressor reads the VAE latent z0: pass it")
-            z0 = z0.to(h.dtype)
-            if z0.shape[-2:] != h.shape[-2:]:
-                z0 = F.interpolate(z0, size=h.shape[-2:], mode="bilinear", align_corners=False)
-            h = torch.cat([h, z0], dim=1)
-        return self.g_a2(h)
+            return self.h_a(y, z0)
+        return self.h_a(y)
 
     def hyper_parameters(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scales, means) of ``y`` from :math:`\\hat w` (differentiable, on the module's device)."""
+        """(scales, means) of ``y`` from :math:`\\hat w` (differentiable, on the module's device; no context)."""
         scales, means = self.h_s(w_hat).chunk(2, dim=1)
         return scales, means
 
-    def hyper_parameters_cpu(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scales, means) computed on the CPU in float32: what both ends of the coder use."""
-        h_s = self.h_s
-        p = next(h_s.parameters())
-        if p.device.type != "cpu" or p.dtype != torch.float32:
-            h_s = copy.deepcopy(h_s).to("cpu", torch.float32)
+    def _hyper_features_cpu(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """:math:`\\psi = h_s(\\hat w)` on the CPU in float32: what both ends of the coder use."""
         with torch.no_grad():
-            scales, means = h_s(w_hat.detach().to("cpu", torch.float32)).chunk(2, dim=1)
+            return _cpu_float32(self.h_s)(w_hat.detach().to("cpu", torch.float32)).contiguous()
+
+    def hyper_parameters_cpu(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, means) computed on the CPU in float32: what both ends of the coder use (no context)."""
+        scales, means = self._hyper_features_cpu(w_hat).chunk(2, dim=1)
         return scales.contiguous(), means.contiguous()
 
     def synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
@@ -219,18 +478,29 @@ class LatentCompressor(nn.Module):
         return self.g_s(y_hat)
 
     # -- training
-    def forward(self, x: torch.Tensor, z0: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def entropy_forward(self, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:math:`\\hat y` (straight-through rounding) and the likelihoods ``{"y", "z"}`` of ``y`` and
+        ``w`` (noisy proxies in training mode, rounded values in eval mode)."""
         from .entropy import quantize
 
-        y = self.analysis(x, z0)
-        w = self.h_a(y)
         _, w_lik = self.entropy_bottleneck(w)
         med = self.entropy_bottleneck._get_medians()
         w_hat = quantize(w, "ste", med)
-        scales, means = self.hyper_parameters(w_hat)
+        if self.context is None:
+            scales, means = self.hyper_parameters(w_hat)
+            y_hat = quantize(y, "ste", means)
+        else:
+            def ste(lo: int, hi: int, mask: torch.Tensor, _scales: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                return quantize(y[:, lo:hi], "ste", m) * mask.to(y.dtype)
+
+            y_hat, scales, means = self.context.run(self.h_s(w_hat), ste)
         _, y_lik = self.gaussian_conditional(y, scales, means)
-        y_hat = quantize(y, "ste", means)
-        return self.synthesis(y_hat), {"y": y_lik, "z": w_lik}
+        return y_hat, {"y": y_lik, "z": w_lik}
+
+    def forward(self, x: torch.Tensor, z0: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y = self.analysis(x, z0)
+        y_hat, lik = self.entropy_forward(y, self.hyper_analysis(y, z0))
+        return self.synthesis(y_hat), lik
 
     def aux_loss(self) -> torch.Tensor:
         """CompressAI's auxiliary loss that fits the ``EntropyBottleneck``'s quantiles."""
@@ -251,39 +521,91 @@ class LatentCompressor(nn.Module):
         ``shape`` is the spatial shape of the hyper-latent (``H/64 x W/64``), which the decoder
         needs; ``c`` is rebuilt from the decoded bytes, i.e. exactly what :meth:`decompress` returns.
         """
-        from .entropy import compress_factorized, compress_gaussian
-
         self._check_x(x)
         y = self.analysis(x, z0).float()
-        w = self.h_a(y).float()
+        out = self.compress_latents(y, self.hyper_analysis(y, z0).float())
+        out["c"] = self._synthesize(out.pop("y_hat"))
+        return out
+
+    @torch.no_grad()
+    def compress_latents(self, y: torch.Tensor, w: torch.Tensor) -> dict[str, Any]:
+        """Code ``y`` (1, M, h, w) and its hyper-latent ``w`` (1, N, h/4, w/4):
+        ``{"strings": {"y", "z"}, "shape": w's spatial shape, "y_hat": the decoder's}``.
+
+        :math:`\\hat y` is decoded from the bytes just written (with a context model, the encoder's own
+        quantised values must equal them, or a :class:`RuntimeError` says this machine's float32
+        convolutions are not deterministic).
+        """
+        from .entropy import GaussianStreamEncoder, compress_factorized, compress_gaussian
+
         z_bytes = compress_factorized(self.entropy_bottleneck, w)
         shape = tuple(int(s) for s in w.shape[-2:])
         w_hat = self._decode_w(z_bytes, shape)
-        scales, means = self.hyper_parameters_cpu(w_hat)
-        y_bytes = compress_gaussian(self.gaussian_conditional, y, scales, means)
-        c = self._decode_c(y_bytes, scales, means)
-        return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "c": c}
+        if self.context is None:
+            scales, means = self.hyper_parameters_cpu(w_hat)
+            y_bytes = compress_gaussian(self.gaussian_conditional, y, scales, means)
+            return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "y_hat": self._decode_y(y_bytes, w_hat)}
+        psi = self._hyper_features_cpu(w_hat)
+        y = y.detach().to("cpu", torch.float32)
+        if y.shape[-2:] != psi.shape[-2:] or y.shape[:2] != (1, self.M):
+            raise ParameterError(f"y of shape {tuple(y.shape)} does not fit its hyper-latent of shape {tuple(w.shape)}")
+        enc = GaussianStreamEncoder(self.gaussian_conditional)
+
+        def encode(lo: int, hi: int, mask: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(means)
+            out[..., mask] = enc.add(y[:, lo:hi][..., mask], scales[..., mask], means[..., mask])
+            return out
+
+        y_mine, _, _ = _cpu_float32(self.context).run(psi, encode)
+        y_bytes = enc.finish()
+        y_hat = self._decode_y(y_bytes, w_hat)
+        if not torch.equal(y_hat, y_mine):
+            raise RuntimeError("the context model gave other parameters when decoding than when encoding: "
+                               "this CPU's float32 convolutions are not deterministic")
+        return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "y_hat": y_hat}
 
     def _decode_w(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
         from .entropy import decompress_factorized
 
         return decompress_factorized(self.entropy_bottleneck, data, shape)
 
-    def _decode_c(self, data: bytes, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        from .entropy import decompress_gaussian
+    def _decode_y(self, data: bytes, w_hat: torch.Tensor) -> torch.Tensor:
+        """:math:`\\hat y` (CPU float32) from its bytes and the decoded hyper-latent."""
+        from .entropy import GaussianStreamDecoder, decompress_gaussian
 
-        y_hat = decompress_gaussian(self.gaussian_conditional, data, scales, means)
+        if self.context is None:
+            scales, means = self.hyper_parameters_cpu(w_hat)
+            return decompress_gaussian(self.gaussian_conditional, data, scales, means)
+        psi = self._hyper_features_cpu(w_hat)
+        dec = GaussianStreamDecoder(self.gaussian_conditional, data, self.M * psi.shape[-2] * psi.shape[-1])
+
+        def decode(lo: int, hi: int, mask: torch.Tensor, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros_like(means)
+            try:
+                out[..., mask] = dec.read(scales[..., mask], means[..., mask])
+            except ParameterError as exc:  # non-finite parameters: only decoded garbage leads there
+                raise BitstreamError(f"the y stream is corrupt ({exc})") from None
+            return out
+
+        with torch.no_grad():
+            y_hat, _, _ = _cpu_float32(self.context).run(psi, decode)
+        return y_hat
+
+    def _synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
         p = next(self.g_s.parameters())
         return self.synthesis(y_hat.to(p.device, p.dtype)).float()
 
     @torch.no_grad()
-    def decompress(self, strings: dict[str, bytes], shape: tuple[int, int]) -> torch.Tensor:
-        """Content variables ``c`` (1, latent_channels, 4*h_w*16/vae_factor, ...) from the two streams."""
+    def decompress_latents(self, strings: dict[str, bytes], shape: tuple[int, int]) -> torch.Tensor:
+        """:math:`\\hat y` (CPU float32) from the two streams; ``shape``: the hyper-latent's."""
         if set(strings) < {"y", "z"}:
             raise ParameterError(f"decompress needs the 'y' and 'z' streams, got {sorted(strings)}")
-        w_hat = self._decode_w(strings["z"], shape)
-        scales, means = self.hyper_parameters_cpu(w_hat)
-        return self._decode_c(strings["y"], scales, means)
+        return self._decode_y(strings["y"], self._decode_w(strings["z"], shape))
+
+    @torch.no_grad()
+    def decompress(self, strings: dict[str, bytes], shape: tuple[int, int]) -> torch.Tensor:
+        """Content variables ``c`` (1, latent_channels, 4*h_w*16/vae_factor, ...) from the two streams."""
+        return self._synthesize(self.decompress_latents(strings, shape))
 
 
 # ---------------------------------------------------------------------------------- control
@@ -383,7 +705,7 @@ class DiffEICModel(nn.Module):
         self.config = cfg
         self.unet_cfg = dict(unet_cfg)
         self.latent_channels, self.vae_factor = latent_channels, vae_factor
-        self.compressor = LatentCompressor(cfg.N, cfg.M, latent_channels, vae_factor, cfg.use_z0)
+        self.compressor = LatentCompressor.from_config(cfg, latent_channels, vae_factor)
         self.control = ControlModule(self.unet_cfg, cfg, latent_channels, unet=unet)
 
     @classmethod
@@ -432,7 +754,7 @@ class DiffEICModel(nn.Module):
 
     def fingerprint(self) -> int:
         """A 32-bit hash of the configuration and every weight and table (files store it)."""
-        h = hashlib.sha256(json.dumps({"cfg": self.config.to_dict(), "unet": self.unet_cfg}, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({"cfg": self.config.identity_dict(), "unet": self.unet_cfg}, sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             v = v.detach().cpu()
             v = v.float() if v.is_floating_point() else v
@@ -521,7 +843,7 @@ def load_compressor(folder: str | Path) -> LatentCompressor:
     folder = Path(folder)
     meta = json.loads((folder / CONFIG_FILE).read_text())
     cfg = DiffEICConfig.from_dict(meta["config"])
-    comp = LatentCompressor(cfg.N, cfg.M, int(meta["latent_channels"]), int(meta["vae_factor"]), cfg.use_z0)
+    comp = LatentCompressor.from_config(cfg, int(meta["latent_channels"]), int(meta["vae_factor"]))
     prefix = "compressor."
     state = {k[len(prefix):]: v for k, v in load_file(folder / WEIGHTS_FILE).items() if k.startswith(prefix)}
     fit_table_buffers(comp, state)

@@ -53,11 +53,13 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from .errors import ParameterError
+from .errors import BitstreamError, ParameterError
 
 __all__ = [
     "MAX_ABS_SYMBOL",
     "MIN_CODED_SYMBOLS",
+    "GaussianStreamDecoder",
+    "GaussianStreamEncoder",
     "compress_factorized",
     "compress_gaussian",
     "decompress_factorized",
@@ -465,6 +467,96 @@ def decompress_gaussian(
         raise ParameterError("the scale_table and the CDF tables disagree: rebuild them with update_tables")
     sym = _decode(conditional, data, idx, tables).to(torch.float32).reshape(s.shape)
     return sym + mu if mu is not None else sym
+
+
+class GaussianStreamEncoder:
+    """One rANS stream of Gaussian symbols written in several passes (context models).
+
+    A context model (checkerboard, channel slices) computes the scales and means of a later pass
+    from the values of earlier ones, so the symbols are added pass by pass: :meth:`add` returns the
+    quantised values :math:`\\hat y = \\lfloor y - \\mu \\rceil + \\mu` exactly as
+    :class:`GaussianStreamDecoder` will rebuild them. :meth:`finish` writes the same stream as one
+    :func:`compress_gaussian` call over all the passes' symbols in order (fillers, capacity check and
+    all), so a decoder reading the passes in the same order with the same scales and means gets them back.
+    """
+
+    def __init__(self, conditional: GaussianConditional) -> None:
+        _check_conditional(conditional)
+        self.conditional = conditional
+        self.tables = _tables(conditional)
+        self._sym: list[Tensor] = []
+        self._idx: list[Tensor] = []
+
+    def add(self, y: Tensor, scales: Tensor, means: Tensor) -> Tensor:
+        """Queue ``round(y - means)`` under ``scales`` (same shapes); returns the quantised ``y`` (CPU float32)."""
+        y, s, mu = _cpu32(y, "y"), _cpu32(scales, "scales"), _cpu32(means, "means")
+        if not y.shape == s.shape == mu.shape:
+            raise ParameterError(f"y, scales and means must have one shape, got {tuple(y.shape)}, {tuple(s.shape)}, {tuple(mu.shape)}")
+        sym = torch.round(y - mu)
+        idx = _scale_indexes(self.conditional, s)
+        if idx.numel() and int(idx.max()) >= self.tables.cdf.shape[0]:
+            raise ParameterError("the scale_table and the CDF tables disagree: rebuild them with update_tables")
+        self._sym.append(sym.to(torch.int64).reshape(-1))
+        self._idx.append(idx)
+        return sym + mu
+
+    @property
+    def count(self) -> int:
+        """Symbols queued so far."""
+        return sum(t.numel() for t in self._sym)
+
+    def finish(self) -> bytes:
+        """The stream of every queued symbol, in the order added."""
+        empty = torch.zeros(0, dtype=torch.int64)
+        sym = torch.cat(self._sym) if self._sym else empty
+        idx = torch.cat(self._idx) if self._idx else empty
+        return _encode(self.conditional, sym, idx, self.tables)
+
+
+class GaussianStreamDecoder:
+    """Reads a :class:`GaussianStreamEncoder` stream back, pass by pass.
+
+    ``total`` is the number of symbols the stream holds (both sides know it from the shapes); it
+    sizes the zero padding that keeps CompressAI's unchecked reader inside memory we own on damaged
+    input (see the module notes). A decoded symbol beyond :data:`MAX_ABS_SYMBOL`, which no encoder
+    writes, raises :class:`~egc_lite.errors.BitstreamError`: later passes would compute their
+    scales and means from such values.
+    """
+
+    def __init__(self, conditional: GaussianConditional, data: bytes, total: int) -> None:
+        from compressai.ans import RansDecoder
+
+        _check_conditional(conditional)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ParameterError(f"data must be bytes, got {type(data).__name__}")
+        if total < 0:
+            raise ParameterError(f"total must not be negative, got {total}")
+        self.conditional = conditional
+        self.tables = _tables(conditional)
+        self._lists = self.tables.lists()
+        self.total, self.read_count = int(total), 0
+        data = bytes(data)
+        self._decoder = RansDecoder()
+        self._decoder.set_stream(data + bytes(16 * (self.total + _filler(self.total)) + 64 * len(data) + 256))
+
+    def read(self, scales: Tensor, means: Tensor) -> Tensor:
+        """The next ``scales.numel()`` values, ``symbol + means`` (CPU float32, shaped like ``scales``)."""
+        s, mu = _cpu32(scales, "scales"), _cpu32(means, "means")
+        if s.shape != mu.shape:
+            raise ParameterError(f"scales {tuple(s.shape)} and means {tuple(mu.shape)} must have one shape")
+        n = s.numel()
+        if self.read_count + n > self.total:
+            raise ParameterError(f"reading {n} more symbols would pass the stream's {self.total}")
+        idx = _scale_indexes(self.conditional, s)
+        if idx.numel() and int(idx.max()) >= self.tables.cdf.shape[0]:
+            raise ParameterError("the scale_table and the CDF tables disagree: rebuild them with update_tables")
+        self.read_count += n
+        if n == 0:
+            return mu.clone()
+        sym = torch.tensor(self._decoder.decode_stream(idx.tolist(), *self._lists), dtype=torch.int64)
+        if int(sym.abs().max()) > MAX_ABS_SYMBOL:
+            raise BitstreamError("a decoded symbol lies beyond what any encoder writes: the stream is corrupt")
+        return sym.to(torch.float32).reshape(s.shape) + mu
 
 
 def estimate_bits_gaussian(

@@ -15,6 +15,8 @@ from torch import nn
 
 from egc_lite.entropy import (
     MIN_CODED_SYMBOLS,
+    GaussianStreamDecoder,
+    GaussianStreamEncoder,
     compress_factorized,
     compress_gaussian,
     decompress_factorized,
@@ -27,7 +29,7 @@ from egc_lite.entropy import (
     tables_ready,
     update_tables,
 )
-from egc_lite.errors import ParameterError
+from egc_lite.errors import BitstreamError, ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,6 +229,49 @@ def test_bad_arguments() -> None:
         compress_gaussian(gc, torch.zeros(4), torch.ones(5))
     with pytest.raises(ParameterError, match="bytes"):
         decompress_gaussian(gc, "text", torch.ones(4))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 40, 300])
+def test_stream_in_passes_is_one_gaussian_stream(n: int) -> None:
+    """Symbols added in passes (a context model's order) make the stream of one compress_gaussian call
+    over them in that order, and the decoder reads the passes back with the same scales and means."""
+    gc = GaussianConditional(None)
+    update_tables(gc)
+    g = _gen(n)
+    y, scales, means = torch.randn(n, generator=g) * 6, torch.rand(n, generator=g) * 5 + 0.05, torch.randn(n, generator=g)
+    cut = n // 3
+    enc = GaussianStreamEncoder(gc)
+    first = enc.add(y[:cut], scales[:cut], means[:cut])
+    second = enc.add(y[cut:], scales[cut:], means[cut:])
+    assert enc.count == n
+    data = enc.finish()
+    assert data == compress_gaussian(gc, y, scales, means)
+    assert torch.equal(torch.cat([first, second]), torch.round(y - means) + means)
+    dec = GaussianStreamDecoder(gc, data, n)
+    assert torch.equal(dec.read(scales[:cut], means[:cut]), first)
+    assert torch.equal(dec.read(scales[cut:], means[cut:]), second)
+    with pytest.raises(ParameterError, match="pass the stream"):
+        dec.read(torch.ones(1), torch.zeros(1))
+
+
+def test_stream_refuses_impossible_symbols() -> None:
+    """A decoded symbol no encoder writes (beyond MAX_ABS_SYMBOL, written here by CompressAI's raw
+    coder) is a corrupt stream, not data; random bytes decode to finite values."""
+    from compressai.ans import RansEncoder
+
+    gc = GaussianConditional(None)
+    update_tables(gc)
+    with pytest.raises(ParameterError, match="one shape"):
+        GaussianStreamEncoder(gc).add(torch.zeros(3), torch.ones(3), torch.zeros(2))
+    scales, means = torch.full((20,), 0.2), torch.zeros(20)
+    idx = [int(i) for i in gc.build_indexes(scales)]
+    cdf, lengths, offsets = gc._quantized_cdf.tolist(), gc._cdf_length.tolist(), gc._offset.tolist()
+    data = bytes(RansEncoder().encode_with_indexes([2**25] + [0] * 19, idx, cdf, lengths, offsets))
+    with pytest.raises(BitstreamError, match="corrupt"):
+        GaussianStreamDecoder(gc, data, 20).read(scales, means)
+    for seed in range(10):
+        data = bytes(torch.randint(0, 256, (24,), generator=_gen(seed)).tolist())
+        assert bool(torch.isfinite(GaussianStreamDecoder(gc, data, 20).read(scales, means)).all())
 
 
 # --------------------------------------------------------------------------- rates
