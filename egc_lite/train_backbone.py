@@ -314,8 +314,10 @@ def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).float()
-    if not (ckpt / "vae.pt").exists():  # later phases read the VAE from here
-        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": {}})
+    if not (ckpt / "vae.pt").exists():  # later phases read the VAE (and its architecture) from here
+        index = folder / "model_index.json"
+        arch = json.loads(index.read_text()).get("config") if index.exists() else None
+        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": {"arch": arch} if arch else {}})
     if phase in ("vae", "decoder"):
         return {"vae": vae.state_dict(), "step": 0, "opt": None}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
@@ -522,8 +524,9 @@ def run_arch(cfg: BackboneTrainConfig, ckpt: Path, state: dict | None) -> TinyBa
     if state is not None and state.get("config", {}).get("arch") is not None:
         return checkpoint_arch(state)
     arch = cfg.arch
-    if cfg.phase in ("decoder", "unet") and (ckpt / "vae.pt").exists():
-        vae_arch = checkpoint_arch(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False))
+    vae_state = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False) if (ckpt / "vae.pt").exists() else {}
+    if cfg.phase in ("decoder", "unet") and vae_state.get("config", {}).get("arch") is not None:
+        vae_arch = checkpoint_arch(vae_state)
         arch = replace(arch, **{k: getattr(vae_arch, k) for k in VAE_FIELDS})
     return arch
 
