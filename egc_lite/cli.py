@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--n", type=int, default=64, help="hyper-latent channels N")
     td.add_argument("--m", type=int, default=96, help="latent channels M")
     td.add_argument("--control-ratio", type=float, default=0.2, help="control module width / UNet width")
+    td.add_argument("--control", choices=("cddm", "narrow"), default="cddm",
+                    help="control module: cddm (the reference's, default) or narrow (the first egc-tiny rate points')")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--max-minutes", type=float, default=None)
     td.add_argument("--threads", type=int, default=None)
@@ -356,7 +358,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "diffeic":
         from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
 
-        model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda)
+        model = DiffEICConfig(N=args.n, M=args.m, control=args.control, control_ratio=args.control_ratio, lmbda=args.lmbda)
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,
                                  batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                                  max_minutes=args.max_minutes, threads=args.threads, init_from=args.init_from)

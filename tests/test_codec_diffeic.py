@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +15,22 @@ from egc_lite.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
 
 TINY = DiffEICConfig(N=16, M=24)
+#: A codec B file made with the shipped egc-tiny rate point q1 before the reference's control module, the default
+#: start step and eta existed (egc_lite/assets/coffee.png cut to 128x192, quality 1, seed 3, 4 steps, start 0).
+OLD_FILE = Path(__file__).parent / "data" / "diffeic_q1_narrow.egc"
 
 
-def _model(backbone, seed: int) -> DiffEICModel:
+def _model(backbone, seed: int, control: str = "cddm") -> DiffEICModel:
     """A random model whose control outputs are not zero (so ``c`` changes the samples)."""
-    m = DiffEICModel.for_backbone(TINY, backbone, seed=seed).eval()
+    m = DiffEICModel.for_backbone(dataclasses.replace(TINY, control=control), backbone, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in m.control.named_parameters():
-            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "controlnet_cond_embedding.conv_out" in name:
+        for module in m.control.output_projections():
+            for p in module.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        if control == "narrow":  # its hint embedding's last convolution starts at zero too
+            conv = m.control.net.controlnet_cond_embedding.conv_out
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
         spread(m)
     update_tables(m.compressor)
     return m

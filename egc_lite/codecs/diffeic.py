@@ -217,7 +217,7 @@ class DiffEICCodec(Codec):
         cfg = model.config
         check_payload_bytes(len(y), cfg.M * (hp * 4 // COMPRESSOR_STRIDE) * (wp * 4 // COMPRESSOR_STRIDE), "y")  # stride 16
         check_payload_bytes(len(z), cfg.N * (hp // COMPRESSOR_STRIDE) * (wp // COMPRESSOR_STRIDE), "z")  # stride 64
-        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=dict(model.control.net.config)),
+        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config()),
                      f"this {bs.width}x{bs.height} diffeic file")
         return model.compressor.decompress({"y": y, "z": z}, (hp // COMPRESSOR_STRIDE, wp // COMPRESSOR_STRIDE))
 
