@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=None, help="sampling steps stored in the file")
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
-    c.add_argument("--start-step", type=int, default=None, help="diffeic: start from the content variables at this step")
+    c.add_argument("--start-step", type=int, default=None,
+                   help="diffeic: start from the content variables at this step (default: 60%% of the steps; 0: from noise)")
+    c.add_argument("--eta", type=float, default=None, help="diffeic: 0 = DDIM steps (default), 1 = ancestral DDPM-like steps")
     c.add_argument("--inversion-steps", type=int, default=None, help="textinv: optimization steps of the embedding")
     c.add_argument("--token-start", type=int, default=None,
                    help="textinv: first optimized token position (default: 1 after SD's BOS token, else 0)")
@@ -179,6 +181,7 @@ def _add_eval_and_sweep(sub) -> None:
     e.add_argument("--sf", type=float, default=None)
     e.add_argument("--sc", type=float, default=None)
     e.add_argument("--start-step", type=int, default=None)
+    e.add_argument("--eta", type=float, default=None)
     e.add_argument("--inversion-steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--save-recon", action="store_true", help="also write every decoding as PNG under OUT/recon")
@@ -209,7 +212,7 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate.runner import CodecOverrides, EvalConfig, run_eval
 
-    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step,
+    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step, eta=args.eta,
                         inversion_steps=args.inversion_steps, seed=args.seed)
     cfg = EvalConfig(out=args.out, codecs=tuple(args.codecs), bpp=tuple(args.bpp), quality=tuple(args.quality),
                      images=args.images, limit=args.limit, max_side=args.max_side, backbone=args.backbone,
@@ -258,7 +261,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
-                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
+                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step, eta=args.eta,
                            inversion_steps=args.inversion_steps, consistency=args.consistency,
                            consistency_until=args.consistency_until)
     codec = _make_codec(args.codec, args)
