@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=None, help="sampling steps stored in the file")
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
-    c.add_argument("--start-step", type=int, default=None, help="diffeic: start from the content variables at this step")
+    c.add_argument("--start-step", type=int, default=None,
+                   help="diffeic: start from the content variables at this step (default: 60%% of the steps; 0: from noise)")
+    c.add_argument("--eta", type=float, default=None, help="diffeic: 0 = DDIM steps (default), 1 = ancestral DDPM-like steps")
     c.add_argument("--inversion-steps", type=int, default=None, help="textinv: optimization steps of the embedding")
     c.add_argument("--token-start", type=int, default=None,
                    help="textinv: first optimized token position (default: 1 after SD's BOS token, else 0)")
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--n", type=int, default=64, help="hyper-latent channels N")
     td.add_argument("--m", type=int, default=96, help="latent channels M")
     td.add_argument("--control-ratio", type=float, default=0.2, help="control module width / UNet width")
+    td.add_argument("--control", choices=("cddm", "narrow"), default="cddm",
+                    help="control module: cddm (the reference's, default) or narrow (the first egc-tiny rate points')")
     td.add_argument("--z0-modulation", choices=("concat", "sft"), default="concat",
                     help="how the VAE latent enters the encoder: concatenated in g_a, or SFT layers in g_a and h_a (the reference's)")
     td.add_argument("--sft-channels", type=int, default=32, help="width of the SFT condition maps (with --z0-modulation sft)")
@@ -187,6 +191,7 @@ def _add_eval_and_sweep(sub) -> None:
     e.add_argument("--sf", type=float, default=None)
     e.add_argument("--sc", type=float, default=None)
     e.add_argument("--start-step", type=int, default=None)
+    e.add_argument("--eta", type=float, default=None)
     e.add_argument("--inversion-steps", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--save-recon", action="store_true", help="also write every decoding as PNG under OUT/recon")
@@ -217,7 +222,7 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate.runner import CodecOverrides, EvalConfig, run_eval
 
-    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step,
+    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step, eta=args.eta,
                         inversion_steps=args.inversion_steps, seed=args.seed)
     cfg = EvalConfig(out=args.out, codecs=tuple(args.codecs), bpp=tuple(args.bpp), quality=tuple(args.quality),
                      images=args.images, limit=args.limit, max_side=args.max_side, backbone=args.backbone,
@@ -266,7 +271,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
-                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step,
+                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step, eta=args.eta,
                            inversion_steps=args.inversion_steps, consistency=args.consistency,
                            consistency_until=args.consistency_until)
     codec = _make_codec(args.codec, args)
@@ -366,7 +371,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "diffeic":
         from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
 
-        model = DiffEICConfig(N=args.n, M=args.m, control_ratio=args.control_ratio, lmbda=args.lmbda,
+        model = DiffEICConfig(N=args.n, M=args.m, control=args.control, control_ratio=args.control_ratio, lmbda=args.lmbda,
                               z0_modulation=args.z0_modulation, sft_channels=args.sft_channels, context=args.context,
                               context_slices=tuple(args.context_slices))
         cfg = DiffEICTrainConfig(ckpt_dir=args.ckpt, data_dir=args.data, model=model, steps=args.steps,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from egc_lite.analytic import gaussian_backbone
-from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample, output_to_epsilon, predict_z0, timesteps
+from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample, output_to_epsilon, predict_z0, step_sigma, timesteps
 
 N = 2048  # samples: the standard error of a mean is 1/sqrt(N * 16 values) ~ 0.006 s
 
@@ -16,18 +16,21 @@ def _cond(mean: float) -> torch.Tensor:
     return torch.full((1, 2, 4), mean)
 
 
-def _expected(b, steps: int, mu: float, s: float) -> tuple[float, float]:
-    """Mean and std of deterministic DDIM samples, in closed form. With the exact denoiser each step maps
-    the centred latent c = z_t - sqrt(a) mu linearly: c' = g c, g = (sqrt(a a') s^2 + sqrt((1-a)(1-a'))) / kappa_t.
-    The chain starts from N(0, 1), not from the true marginal at the first t (SD's schedule never reaches
-    zero signal), so the mean falls short of mu by G sqrt(a_first) mu, G the product of the gains."""
+def _expected(b, steps: int, mu: float, s: float, eta: float = 0.0) -> tuple[float, float]:
+    """Mean and std of DDIM samples, in closed form. With the exact denoiser each step maps the centred latent
+    c = z_t - sqrt(a) mu linearly and adds noise: c' = g c + sigma xi, g = (sqrt(a a') s^2 + sqrt((1-a)(1-a'-sigma^2))) / kappa_t,
+    so the variance follows V' = g^2 V + sigma^2 (sigma = 0 for deterministic DDIM). The chain starts from N(0, 1), not
+    from the true marginal at the first t (SD's schedule never reaches zero signal), so the mean falls short of mu
+    by G sqrt(a_first) mu, G the product of the gains."""
     ts = timesteps(b, steps)
-    gain = 1.0
+    gain, var = 1.0, 1.0
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         a, ap = alpha_bar(b, t), alpha_bar(b, t_prev)
-        gain *= ((a * ap) ** 0.5 * s**2 + ((1 - a) * (1 - ap)) ** 0.5) / (a * s**2 + 1 - a)
+        sigma = step_sigma(a, ap, eta)
+        g = ((a * ap) ** 0.5 * s**2 + ((1 - a) * (1 - ap - sigma**2)) ** 0.5) / (a * s**2 + 1 - a)
+        gain, var = gain * g, g**2 * var + sigma**2
     a_first, a_last = alpha_bar(b, ts[0]), alpha_bar(b, -1)
-    return a_last**0.5 * mu - gain * a_first**0.5 * mu, gain
+    return a_last**0.5 * mu - gain * a_first**0.5 * mu, var**0.5
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
@@ -111,3 +114,30 @@ def test_compression_guidance_pulls_samples_towards_the_target():
     base = float((plain - target).pow(2).mean())
     assert errs[1] < errs[0] < base
     assert errs[1] < 0.05 * base
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_stochastic_samples_follow_the_closed_form(kind, eta):
+    """eta = 1 (ancestral, DDPM-like) and eta = 0.5 samples have exactly the closed form's mean and variance: a wrong
+    sigma, or noise added at the wrong scale, shows up as a wrong variance. At 50 steps the ancestral chain removes
+    DDIM's shortfall of the mean but loses variance (std 0.454 for data of std 0.5: the step uses E[z0 | z_t], not a
+    draw of z0); it reaches the data's variance as the steps grow (next test)."""
+    b = gaussian_backbone(std=0.5, prediction_type=kind)
+    z = ddim_sample(b, _cond(0.7), (4, 4), SamplerConfig(steps=50, guidance_scale=1.0, seed=3, eta=eta), batch=N)
+    mean, std = _expected(b, 50, 0.7, 0.5, eta)
+    assert abs(mean - 0.7) < 0.05 and abs(std - 0.5) < 0.05
+    assert abs(float(z.mean()) - mean) < 0.01
+    assert abs(float(z.std()) / std - 1) < 0.02
+    ddim = ddim_sample(b, _cond(0.7), (4, 4), SamplerConfig(steps=50, guidance_scale=1.0, seed=3), batch=N)
+    assert not torch.allclose(z, ddim)  # the same start, other paths
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_ancestral_samples_have_the_data_mean_and_variance(kind):
+    """With enough steps, eta = 1 samples have the data's mean and variance within sampling error."""
+    b = gaussian_backbone(std=0.5, prediction_type=kind)
+    z = ddim_sample(b, _cond(0.7), (4, 4), SamplerConfig(steps=500, guidance_scale=1.0, seed=4, eta=1.0), batch=N)
+    mean, std = _expected(b, 500, 0.7, 0.5, 1.0)  # 500: SD's leading spacing starts at t = 999
+    assert abs(mean - 0.7) < 0.005 and abs(std - 0.5) < 0.01  # the closed form is there ...
+    assert abs(float(z.mean()) - 0.7) < 0.01 and abs(float(z.std()) - 0.5) < 0.015  # ... and so are the samples

@@ -49,7 +49,26 @@ def test_textinv_through_cli_with_tiny_backbone(tmp_path, image_file, capsys):
     assert "seed" in capsys.readouterr().out
 
 
+def test_diffeic_through_cli_stores_start_step_and_eta(tmp_path, image_file, capsys):
+    """Codec B with a shipped egc-tiny rate point: --start-step and --eta go into the header (info shows them)."""
+    from egc_lite.bitstream import read_bitstream
+
+    args = ["--backbone", "egc-tiny", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "b.egc"
+    assert main(["compress", str(image_file), "-o", str(out), "--codec", "diffeic", "--quality", "1", "--steps", "3",
+                 "--eta", "1"] + args) == 0
+    assert read_bitstream(out).params["eta"] == 1000 and read_bitstream(out).params["start"] == 2  # the default start
+    assert main(["info", str(out)]) == 0
+    assert "eta" in capsys.readouterr().out
+    assert main(["compress", str(image_file), "-o", str(out), "--codec", "diffeic", "--quality", "1", "--steps", "3",
+                 "--start-step", "0"] + args) == 0
+    assert read_bitstream(out).params["start"] == 0 and "eta" not in read_bitstream(out).params
+    assert main(["decompress", str(out), "-o", str(tmp_path / "b.png")] + args) == 0
+    assert load_image(tmp_path / "b.png").shape == (3, 96, 144)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["compress", "{img}", "-o", "x.egc", "--codec", "diffeic", "--eta", "2"], "--eta"),
     (["info", "missing.egc"], "missing.egc"),
     (["compress", "missing.png", "-o", "x.egc"], "missing.png"),
     (["compress", "{img}", "-o", "x.egc", "--codec", "zip"], "unknown codec"),

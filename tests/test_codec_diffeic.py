@@ -1,29 +1,38 @@
-"""Codec B end to end on a tiny random backbone: files, determinism, start step, rate points, bad files."""
+"""Codec B end to end on a tiny random backbone: files, determinism, start step, eta, rate points, bad files; the
+shipped egc-tiny rate points (the narrow control module) still decode files made before the reference's control."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
 from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, DiffEICCodec, make_codec
+from egc_lite.codecs.diffeic import DEFAULT_STEPS, default_start_step
 from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
 from egc_lite.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
 
 TINY = DiffEICConfig(N=16, M=24)
+#: A codec B file made with the shipped egc-tiny rate point q1 before the reference's control module, the default
+#: start step and eta existed (egc_lite/assets/coffee.png cut to 128x192, quality 1, seed 3, 4 steps, start 0).
+OLD_FILE = Path(__file__).parent / "data" / "diffeic_q1_narrow.egc"
 
 
-def _model(backbone, seed: int) -> DiffEICModel:
+def _model(backbone, seed: int, control: str = "cddm") -> DiffEICModel:
     """A random model whose control outputs are not zero (so ``c`` changes the samples)."""
-    m = DiffEICModel.for_backbone(TINY, backbone, seed=seed).eval()
+    m = DiffEICModel.for_backbone(dataclasses.replace(TINY, control=control), backbone, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in m.control.named_parameters():
-            if "controlnet_down_blocks" in name or "controlnet_mid_block" in name or "controlnet_cond_embedding.conv_out" in name:
+        for module in m.control.output_projections():
+            for p in module.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        if control == "narrow":  # its hint embedding's last convolution starts at zero too
+            conv = m.control.net.controlnet_cond_embedding.conv_out
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
         spread(m)
     update_tables(m.compressor)
     return m
@@ -73,8 +82,9 @@ def test_file_round_trip_is_deterministic(tmp_path, codec, stream, tiny_backbone
 
 def test_start_step_starts_from_the_content_variables(codec, image, stream):
     calls = []
-    bs = codec.compress(image, CompressOptions(seed=5, steps=3, start_step=2))
-    assert bs.params["start"] == 2 and bs.sections == stream.sections
+    assert stream.params["start"] == default_start_step(3) == 2 and "eta" not in stream.params
+    bs = codec.compress(image, CompressOptions(seed=5, steps=3, start_step=0))
+    assert bs.params["start"] == 0 and bs.sections == stream.sections
     import egc_lite.codecs.diffeic as mod
 
     real = mod.ddim_sample
@@ -88,8 +98,15 @@ def test_start_step_starts_from_the_content_variables(codec, image, stream):
         y = codec.decompress(bs)
     finally:
         mod.ddim_sample = real
-    assert calls[0][0] == 2 and torch.equal(calls[0][1], codec.content_variables(bs))
-    assert y.shape == (3, 72, 100) and not torch.equal(y, codec.decompress(stream))
+    assert calls[0][0] == 0 and calls[0][1] is None  # start step 0: from noise
+    calls.clear()
+    mod.ddim_sample = spy
+    try:
+        y_default = codec.decompress(stream)
+    finally:
+        mod.ddim_sample = real
+    assert calls[0][0] == 2 and torch.equal(calls[0][1], codec.content_variables(stream))
+    assert y.shape == (3, 72, 100) and not torch.equal(y, y_default)
     with pytest.raises(ParameterError, match="start_step"):
         codec.compress(image, CompressOptions(steps=3, start_step=3))
 
@@ -159,3 +176,69 @@ def test_shipped_rate_points_and_bpp_target(tmp_path, tiny_backbone, model, imag
     assert enc.compress(image, CompressOptions(bpp=24.0)).params["q"] == 4  # highest that fits
     assert enc.compress(image, CompressOptions(bpp=1e-3)).params["q"] == 2  # nothing fits: lowest rate
     assert min(sizes.values()) > 0
+
+
+def test_default_start_step_leaves_forty_percent_of_the_steps(codec, image):
+    assert default_start_step(DEFAULT_STEPS) == 30 and default_start_step(1) == 0 and default_start_step(10) == 6
+    assert codec.compress(image, CompressOptions()).params["start"] == 30
+    assert codec.compress(image, CompressOptions(steps=20)).params["start"] == 12
+
+
+def test_eta_goes_in_the_header_and_decodes_the_same_every_time(tmp_path, codec, image):
+    ddim = codec.compress(image, CompressOptions(seed=5, steps=3))
+    bs = codec.compress(image, CompressOptions(seed=5, steps=3, eta=1.0))
+    assert bs.params["eta"] == 1000 and bs.sections == ddim.sections
+    write_bitstream(tmp_path / "e.egc", bs)
+    back = read_bitstream(tmp_path / "e.egc")
+    sampler, _ = codec.decode_parameters(back)
+    assert sampler.eta == 1.0 and sampler.start_step == 2 and sampler.seed == 5
+    a = codec.decompress(back)
+    assert torch.equal(a, codec.decompress(back)) and not torch.equal(a, codec.decompress(ddim))
+    half = codec.compress(image, CompressOptions(seed=5, steps=3, eta=0.25))
+    assert half.params["eta"] == 250 and codec.decode_parameters(half)[0].eta == 0.25
+    assert "eta" not in ddim.params and codec.decode_parameters(ddim)[0].eta == 0.0  # absent: DDIM, as before the field
+    with pytest.raises(ParameterError, match="eta"):
+        CompressOptions(eta=1.5)
+
+
+@pytest.mark.parametrize("key, value", [("start", 3), ("start", -1), ("start", 2**62), ("eta", -1), ("eta", 1001),
+                                        ("eta", 2**62), ("eta", 0.5), ("eta", "x"), ("eta", True), ("steps", 2**40)])
+def test_hostile_sampler_fields_are_refused(codec, stream, key, value):
+    bad = decode_bitstream(encode_bitstream(dataclasses.replace(stream, params={**stream.params, key: value})))
+    with pytest.raises(BitstreamError):
+        codec.decompress(bad)
+
+
+def test_the_narrow_control_variant_round_trips_through_files(tmp_path, tiny_backbone, image):
+    narrow = _model(tiny_backbone, 2, control="narrow")
+    save_diffeic(narrow, tmp_path / "q1", tiny_backbone.backbone_id)
+    enc = DiffEICCodec(tiny_backbone, weights_dir=tmp_path)
+    assert enc.model(1).config.control == "narrow"
+    bs = enc.compress(image, CompressOptions(quality=1, steps=2, seed=1))
+    dec = DiffEICCodec(tiny_backbone, weights_dir=tmp_path)
+    y = dec.decompress(decode_bitstream(encode_bitstream(bs)))
+    assert torch.equal(y, enc.decompress(bs)) and y.shape == (3, 72, 100)
+
+
+@pytest.fixture(scope="module")
+def egc_tiny():
+    from egc_lite.backbone import load_backbone
+
+    return load_backbone("egc-tiny", device="cpu")
+
+
+def test_shipped_rate_points_still_decode_files_made_before_the_new_control(egc_tiny):
+    """The shipped q1, q3, q5 load as the narrow variant (their config.json has no ``control``), keep their
+    fingerprints, and an old file is what this version writes for the same image and options, and decodes."""
+    from egc_lite.data import load_image
+
+    codec = DiffEICCodec(egc_tiny)
+    assert codec.available_qualities() == [1, 3, 5]
+    assert all(codec.model(q).config.control == "narrow" for q in (1, 3, 5))
+    old = OLD_FILE.read_bytes()
+    bs = decode_bitstream(old, expected_backbone_id=egc_tiny.backbone_id)
+    assert bs.params == {"seed": 3, "steps": 4, "q": 1, "start": 0, "model": codec._fingerprints[1]}
+    x = load_image(Path(__file__).resolve().parents[1] / "egc_lite" / "assets" / "coffee.png")[:, :128, :192]
+    assert encode_bitstream(codec.compress(x, CompressOptions(quality=1, steps=4, start_step=0, seed=3))) == old
+    y = codec.decompress(bs)
+    assert y.shape == (3, 128, 192) and torch.equal(y, codec.decompress(bs))

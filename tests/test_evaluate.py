@@ -98,6 +98,9 @@ def test_generative_codec_with_overrides(image_dir, tmp_path, monkeypatch):
     assert row["codec"] == "textinv sc=0 steps=2 inv=2" and row["file"].endswith(".egc")
     assert row["params"]["steps"] == 2
     assert (cfg.out / "recon" / "textinv_sc=0_steps=2_inv=2" / "bpp=0.5" / "img0.png").is_file()
+    # codec B's sampler options name its rows too (textinv does not read them)
+    diffeic = CodecOverrides(steps=10, start_step=0, eta=1.0)
+    assert diffeic.label("diffeic") == "steps=10 start=0 eta=1" and diffeic.label("textinv") == "steps=10"
 
 
 @pytest.mark.parametrize("kwargs, message", [

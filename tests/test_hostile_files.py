@@ -37,7 +37,7 @@ def valid(tiny_backbone, smooth_image):
         "diffeic": DiffEICCodec(tiny_backbone, model=model),
     }
     opts = {"guide": CompressOptions(bpp=0.5), "textinv": CompressOptions(bpp=0.5, steps=2),
-            "diffeic": CompressOptions(steps=2)}
+            "diffeic": CompressOptions(steps=2, eta=0.5)}  # eta: its header field is fuzzed too
     return {name: (codec, codec.compress(x, opts[name])) for name, codec in codecs.items()}
 
 

@@ -1,4 +1,4 @@
-"""DDIM sampling: determinism, seeds, classifier-free guidance, starting from a latent."""
+"""DDIM sampling: determinism, seeds, classifier-free guidance, starting from a latent, stochastic (eta) steps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from egc_lite.errors import ParameterError
-from egc_lite.sampling import SamplerConfig, ddim_sample, initial_noise, predict_z0, timesteps
+from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample, initial_noise, predict_z0, step_sigma, timesteps
 
 
 def test_same_seed_same_latent_and_seed_changes_it(tiny_backbone):
@@ -59,7 +59,32 @@ def test_start_step_uses_init_latent(tiny_backbone):
         ddim_sample(tiny_backbone, tiny_backbone.null_cond, (8, 8), cfg)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(steps=3, start_step=3), dict(guidance_scale=100.0)])
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(steps=3, start_step=3), dict(guidance_scale=100.0), dict(eta=-0.1),
+                                 dict(eta=1.5), dict(eta=float("nan"))])
 def test_bad_sampler_settings(tiny_backbone, bad):
     with pytest.raises(ParameterError):
         ddim_sample(tiny_backbone, tiny_backbone.null_cond, (8, 8), SamplerConfig(**bad))
+
+
+def test_eta_steps_are_seeded_and_stochastic(tiny_backbone):
+    """eta > 0 adds fresh noise each step, drawn from the run's seed: the same seed gives the same latent,
+    another seed another one, and eta = 1 differs from DDIM (eta = 0) with the same starting noise."""
+    cond = tiny_backbone.null_cond + 0.5
+    ddpm = SamplerConfig(steps=4, seed=7, eta=1.0)
+    a = ddim_sample(tiny_backbone, cond, (8, 8), ddpm)
+    assert torch.equal(a, ddim_sample(tiny_backbone, cond, (8, 8), ddpm))
+    assert not torch.allclose(a, ddim_sample(tiny_backbone, cond, (8, 8), SamplerConfig(steps=4, seed=8, eta=1.0)))
+    ddim = ddim_sample(tiny_backbone, cond, (8, 8), SamplerConfig(steps=4, seed=7))
+    assert not torch.allclose(a, ddim)
+    assert torch.equal(ddim, ddim_sample(tiny_backbone, cond, (8, 8), SamplerConfig(steps=4, seed=7, eta=0.0)))
+
+
+def test_step_sigma_is_the_ddpm_posterior_std_at_eta_one(tiny_backbone):
+    """Song et al. eq. 16 at eta = 1: sigma^2 = (1 - abar') / (1 - abar) * beta_t, with beta_t = 1 - abar / abar'."""
+    ts = timesteps(tiny_backbone, 10)
+    a, ap = alpha_bar(tiny_backbone, ts[3]), alpha_bar(tiny_backbone, ts[4])
+    beta = 1 - a / ap
+    assert step_sigma(a, ap, 0.0) == 0.0
+    assert abs(step_sigma(a, ap, 1.0) ** 2 - (1 - ap) / (1 - a) * beta) < 1e-12
+    assert abs(step_sigma(a, ap, 0.5) - 0.5 * step_sigma(a, ap, 1.0)) < 1e-12
+    assert step_sigma(a, 1.0, 1.0) == 0.0  # the last step onto abar = 1 adds no noise

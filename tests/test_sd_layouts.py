@@ -59,6 +59,39 @@ def test_both_codecs_round_trip_on_each_layout(folders, layout, smooth_image):
     assert y.shape == (3, 256, 256) and bool(torch.isfinite(y).all())
 
 
+@pytest.mark.parametrize("layout", ["sd15", "sd21"])
+def test_reference_control_on_stable_diffusions_block_structure(layout):
+    """The reference's control module on SD's own block structure (four levels, two ResNets per block, the last
+    level without attention; SD 2.1's per-level heads and linear projections), at a tiny width: 12 encoder and 12
+    decoder residuals, zero-initialised, and with non-zero projections exactly the reference's loop."""
+    from diffusers import UNet2DConditionModel
+    from test_diffeic import _randomise_projections, _reference_loop
+
+    from egc_lite.diffeic import DiffEICConfig, DiffEICModel, unet_summary
+
+    heads = 8 if layout == "sd15" else (5, 10, 20, 20)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(40, 80, 160, 160), layers_per_block=2, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=32, attention_head_dim=heads, use_linear_projection=layout == "sd21",
+    ).eval().requires_grad_(False)
+    model = DiffEICModel(DiffEICConfig(N=8, M=8), unet_summary(unet), 4, 8, unet=unet).eval()
+    assert model.control.widths == [8, 16, 32, 32]
+    assert model.control.heads == ([8, 8, 8, 8] if layout == "sd15" else [4, 8, 16, 16])  # SD 2.1: 16-channel heads, as the reference
+    z, c = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    t, cond = torch.tensor([5, 900]), torch.randn(2, 3, 32)
+    with torch.no_grad():
+        plain = unet(z, t, encoder_hidden_states=cond).sample
+        assert torch.equal(model.predict_noise(unet, z, t, cond, c), plain)
+        _randomise_projections(model, 3)
+        enc, mid, dec = model.control(z, t, cond, c)
+        assert len(enc) == len(dec) == 12
+        out = model.predict_noise(unet, z, t, cond, c)
+        assert torch.allclose(out, _reference_loop(unet, enc, mid, dec, z, t, cond), atol=1e-5)
+    assert float((out - plain).abs().max()) > 1e-3
+
+
 def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_image, monkeypatch):
     """Fault 5: exported points go to <root>/<backbone id>/qN; --weights names any folder of points."""
     from egc_lite.codecs.diffeic import rate_points_root

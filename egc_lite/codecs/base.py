@@ -31,6 +31,7 @@ class CompressOptions:
     guidance_scale: float | None = None  # s_f (classifier-free guidance)
     compression_guidance: float | None = None  # s_c (codec A)
     start_step: int | None = None  # DiffEIC: start from the content variables at this step
+    eta: float | None = None  # DiffEIC: 0 = DDIM steps, 1 = ancestral DDPM-like steps (egc_lite.sampling)
     inversion_steps: int | None = None  # textinv: optimization steps of the embedding
     consistency: str | None = None  # textinv: "none" (the paper) or "ilvr" (beyond the paper, egc_lite.consistency)
     consistency_until: float | None = None  # textinv: fraction of the steps the consistency mechanism acts on
@@ -42,6 +43,8 @@ class CompressOptions:
             raise ParameterError(f"--seed must be a non-negative 63-bit integer, got {self.seed}")
         if self.steps is not None and not 1 <= self.steps <= 1000:
             raise ParameterError(f"--steps must be in 1..1000, got {self.steps}")
+        if self.eta is not None and not 0 <= self.eta <= 1:
+            raise ParameterError(f"--eta must be in [0, 1], got {self.eta}")
 
 
 class Codec(ABC):

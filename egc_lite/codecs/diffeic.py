@@ -6,7 +6,17 @@ hyper-latent (section ``"z"``). Decoder: the content variables ``c`` are decoded
 a seeded DDIM run of the frozen UNet steered by ``c`` through the control module (prompt always
 empty, :math:`s_f = 1`) gives :math:`\\hat z_0`, and the VAE decoder the image. With
 ``start_step > 0`` sampling starts from ``c`` noised to that step (:math:`c \\approx z_0` by the
-space alignment loss), skipping the first steps.
+space alignment loss),
+
+.. math::
+    z_{t_k} = \\sqrt{\\bar\\alpha_{t_k}}\\,c + \\sqrt{1-\\bar\\alpha_{t_k}}\\,\\epsilon,
+
+and runs only the remaining steps. By default it does: ``start_step`` is
+:data:`DEFAULT_START_FRACTION` (0.6) of the steps, rounded, so 30 of 50 are skipped and 20 (40%) run.
+That value is a starting point, to be tuned on the *training* photos (never on Kodak, the test set);
+``--start-step 0`` decodes from pure noise, as the paper's sampler does. ``eta`` (``--eta``, default 0)
+makes the steps stochastic: 0 is DDIM, 1 the ancestral DDPM-like sampler (:mod:`egc_lite.sampling`),
+its noise drawn from the file's seed.
 
 Rate points: ``--quality N`` loads a folder ``q{N}`` (``config.json`` + ``model.safetensors``)
 trained for the loaded backbone with ``egc train diffeic --lmbda L`` (:data:`QUALITY_LAMBDA` lists
@@ -19,15 +29,17 @@ the highest shipped quality whose file fits ``T`` (the compressor is cheap; samp
 A model object can be given instead (``DiffEICCodec(backbone, model=...)``): the file then stores
 quality 0, decodes only with that model, and ``--bpp`` has no other rate point to choose.
 
-Header: ``seed``, ``steps``, ``q`` (quality, 0 = a model given in code), ``start`` (start step)
-and ``model`` (a 32-bit fingerprint of the weights, so a file never decodes silently with other
-weights). Padded sizes follow from the image size in the container.
+Header: ``seed``, ``steps``, ``q`` (quality, 0 = a model given in code), ``start`` (start step),
+``model`` (a 32-bit fingerprint of the weights, so a file never decodes silently with other
+weights) and, only when it is not 0, ``eta`` in thousandths (:data:`ETA_UNIT`; absent, as in files
+written before it existed, means DDIM). Padded sizes follow from the image size in the container.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,6 +59,15 @@ DIFFEIC_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "diffeic"
 QUALITY_LAMBDA = {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}
 DEFAULT_QUALITY = 3
 DEFAULT_STEPS = 50
+#: Default start step as a fraction of the steps (module docstring): 30 of 50 skipped. Tune on training photos.
+DEFAULT_START_FRACTION = 0.6
+#: ``eta`` is stored in the header as an integer number of these units per 1.
+ETA_UNIT = 1000
+
+
+def default_start_step(steps: int) -> int:
+    """:data:`DEFAULT_START_FRACTION` of ``steps``, rounded, and at most ``steps - 1``."""
+    return min(steps - 1, int(round(DEFAULT_START_FRACTION * steps)))
 
 
 def rate_points_root() -> Path:
@@ -147,8 +168,10 @@ class DiffEICCodec(Codec):
         return None if options.bpp is not None else DEFAULT_QUALITY
 
     def _sampler(self, options: CompressOptions) -> SamplerConfig:
-        s = SamplerConfig(steps=options.steps or DEFAULT_STEPS, guidance_scale=1.0, seed=options.seed,
-                          start_step=options.start_step or 0)
+        steps = options.steps or DEFAULT_STEPS
+        start = default_start_step(steps) if options.start_step is None else options.start_step
+        eta = round((options.eta or 0.0) * ETA_UNIT) / ETA_UNIT  # what the decoder will read from the header
+        s = SamplerConfig(steps=steps, guidance_scale=1.0, seed=options.seed, start_step=start, eta=eta)
         s.validate()
         check_steps(self.backbone, s.steps)
         return s
@@ -179,6 +202,8 @@ class DiffEICCodec(Codec):
         out = model.compressor.compress(xp.to(model.device), z0.to(model.device))
         params = {"seed": sampler.seed, "steps": sampler.steps, "q": quality, "start": sampler.start_step,
                   "model": self._fingerprints[quality]}
+        if sampler.eta:  # absent = DDIM, so such files keep the bytes of files made before eta existed
+            params["eta"] = round(sampler.eta * ETA_UNIT)
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
                          sections={"y": out["strings"]["y"], "z": out["strings"]["z"]})
 
@@ -186,8 +211,9 @@ class DiffEICCodec(Codec):
         """The sampler configuration and quality stored in a file."""
         self.check_stream(bs)
         try:
+            eta = self.param(bs, "eta", int) / ETA_UNIT if "eta" in bs.params else 0.0
             sampler = SamplerConfig(steps=self.param(bs, "steps", int), guidance_scale=1.0, seed=self.param(bs, "seed", int),
-                                    start_step=self.param(bs, "start", int))
+                                    start_step=self.param(bs, "start", int), eta=eta)
             sampler.validate()
             check_steps(self.backbone, sampler.steps)
         except ParameterError as exc:
@@ -217,7 +243,7 @@ class DiffEICCodec(Codec):
         cfg = model.config
         check_payload_bytes(len(y), cfg.M * (hp * 4 // COMPRESSOR_STRIDE) * (wp * 4 // COMPRESSOR_STRIDE), "y")  # stride 16
         check_payload_bytes(len(z), cfg.N * (hp // COMPRESSOR_STRIDE) * (wp // COMPRESSOR_STRIDE), "z")  # stride 64
-        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=dict(model.control.net.config)),
+        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config()),
                      f"this {bs.width}x{bs.height} diffeic file")
         return model.compressor.decompress({"y": y, "z": z}, (hp // COMPRESSOR_STRIDE, wp // COMPRESSOR_STRIDE))
 
@@ -226,7 +252,7 @@ class DiffEICCodec(Codec):
         c = self.content_variables(bs)
         b = self.backbone
         model = self.model(self._key(quality))
-        s = SamplerConfig(steps=sampler.steps, guidance_scale=1.0, seed=sampler.seed + sample, start_step=sampler.start_step)
+        s = replace(sampler, seed=sampler.seed + sample)
         c = c.to(b.device)
         z0 = ddim_sample(b, b.null_cond, tuple(c.shape[-2:]), s, model.denoiser(b, c), init_latent=c if s.start_step else None)
         with torch.no_grad():
