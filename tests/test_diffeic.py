@@ -218,3 +218,66 @@ def test_decode_in_another_process_is_bit_exact(tmp_path, model, tiny_backbone):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / "c.pt"), c_here)
+
+
+# ---------------------------------------------------------------- issue 11, faults 5 and 7
+def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, tiny_backbone, monkeypatch):
+    """Fault 5: `egc train diffeic-export --quality N` overwrote the package's weights/diffeic/qN (egc-tiny's
+    shipped points, whatever backbone the checkpoint was trained on); it now writes <root>/<backbone id>/qN."""
+    import hashlib
+
+    import egc_lite.codecs.diffeic as codec_b
+    from egc_lite.cli import main
+
+    monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
+    # a stand-in for the package's shipped points, so that a regression overwrites nothing in the checkout
+    DIFFEIC_WEIGHTS = tmp_path / "shipped"
+    for q in (1, 3, 5):
+        (DIFFEIC_WEIGHTS / f"q{q}").mkdir(parents=True)
+        (DIFFEIC_WEIGHTS / f"q{q}" / "config.json").write_text('{"backbone_id": "shipped"}')
+        (DIFFEIC_WEIGHTS / f"q{q}" / "model.safetensors").write_bytes(b"shipped weights")
+    monkeypatch.setattr(codec_b, "DIFFEIC_WEIGHTS", DIFFEIC_WEIGHTS)
+    ckpt = tmp_path / "ckpt"
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(_photos(tmp_path / "photos")),
+                                     model=DiffEICConfig(N=8, M=8, lmbda=4.0), steps=1, batch_size=1, crop=64), tiny_backbone)
+
+    def shipped() -> dict:
+        return {str(p.relative_to(DIFFEIC_WEIGHTS)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(DIFFEIC_WEIGHTS.rglob("*")) if p.is_file()}
+
+    before = shipped()
+    assert main(["train", "diffeic-export", "--ckpt", str(ckpt), "--quality", "3"]) == 0
+    assert shipped() == before
+    assert (tmp_path / "points" / tiny_backbone.backbone_id / "q3" / "config.json").is_file()
+
+
+def test_training_creates_the_accelerator_before_it_loads_the_backbone(tmp_path, monkeypatch):
+    """Fault 7: the backbone was loaded (on `cuda`, i.e. cuda:0 on every rank) before the Accelerator existed;
+    now the Accelerator comes first and the backbone is loaded on its device (this rank's GPU)."""
+    import accelerate
+
+    import egc_lite.backbone as backbone_module
+    from egc_lite.cli import main
+
+    events = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeAccelerator:
+        device = torch.device("cpu")  # stands for this rank's device
+        process_index = 0
+
+        def __init__(self, *args, **kwargs):
+            events.append("accelerator")
+
+    def fake_load(spec, device="auto", dtype=None):
+        events.append(("load", str(device)))
+        raise Stop
+
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    monkeypatch.setattr(backbone_module, "load_backbone", fake_load)
+    with pytest.raises(Stop):
+        main(["train", "diffeic", "--lmbda", "1", "--backbone", "tiny-random", "--ckpt", str(tmp_path / "ckpt"),
+              "--data", str(tmp_path), "--steps", "1"])
+    assert events == ["accelerator", ("load", "cpu")]
