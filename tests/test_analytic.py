@@ -89,6 +89,10 @@ def test_compression_guidance_step_has_the_documented_size_and_sign():
     z0 = predict_z0(z, eps, a_t)
     assert torch.allclose(corr, -2 * sc * (z0 - target), atol=1e-5)
     assert abs(1 / a_prev**0.5 - 11.72) < 0.01  # the clean-space step factor at the first of 50 steps
+    # ... and the documentation says so (it claimed s_c was the clean-latent step at every t)
+    import egc_lite.guidance
+
+    assert "11.7 at the first of 50" in " ".join(egc_lite.guidance.__doc__.split())
 
 
 def test_compression_guidance_pulls_samples_towards_the_target():

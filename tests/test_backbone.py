@@ -117,6 +117,15 @@ def test_backbone_id_is_a_short_content_id(tmp_path, sd_folder):
     # other weights: another id
     other = tiny_random_backbone(seed=9)
     assert other.backbone_id != tiny_random_backbone(seed=0).backbone_id
+    # other weights in files of the same names and sizes, in a folder of the same name: another id
+    # (an id of names and sizes gave both the same one, and a file decoded into garbage)
+    from safetensors.torch import load_file, save_file
+
+    same = shutil.copytree(sd_folder, tmp_path / "elsewhere" / sd_folder.name)
+    weights = same / "unet/diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights, metadata={"format": "pt"})
+    assert weights.stat().st_size == (sd_folder / "unet/diffusion_pytorch_model.safetensors").stat().st_size
+    assert load_backbone(str(same), device="cpu").backbone_id != b.backbone_id
 
 
 def test_fp16_variant_only_folder_loads(tmp_path, sd_folder):
@@ -145,3 +154,16 @@ def test_sample_prediction_type_is_refused(tmp_path, sd_folder):
     (folder / "scheduler/scheduler_config.json").write_text(json.dumps({**cfg, "prediction_type": "sample"}))
     with pytest.raises(ModelNotFoundError, match="predicts 'sample'"):
         load_backbone(str(folder), device="cpu")
+
+
+def test_vae_follows_the_unet_dtype(monkeypatch, sd_folder):
+    """Issue 11, fault 6: on float16 (CUDA) the VAE was upcast to float32 beside the float16 UNet
+    (``force_upcast`` in SD's config): both now run in the UNet's dtype. Loaded, not run: the CPU
+    stands in for the GPU here."""
+    import egc_lite.backbone as bb
+
+    monkeypatch.setattr(bb, "resolve_device", lambda device="auto", dtype=None: (torch.device("cpu"), torch.float16))
+    b = bb.load_backbone(str(sd_folder))
+    assert b.vae.config.force_upcast  # diffusers' default, as in SD's own VAE configs
+    assert next(b.unet.parameters()).dtype == torch.float16
+    assert b.vae_dtype == torch.float16

@@ -186,3 +186,54 @@ def test_light_commands_import_only_what_they_need(tmp_path, image_file, argv, n
                        env={**os.environ, "EGC_PROGRESS": "0"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", f"egc {argv[0]} imported heavy packages: {r.stdout}"
+
+
+# ---------------------------------------------------------------- issue 11: the Stable Diffusion path's options
+def test_codec_a_token_window_and_rate_share_are_command_line_options(tmp_path, image_file):
+    """Fault 2: the optimized token window and the embedding's share of the byte budget can be set."""
+    from egc_lite.bitstream import read_bitstream
+
+    common = ["compress", str(image_file), "--codec", "textinv", "--backbone", "tiny-random", "--device", "cpu",
+              "--bpp", "0.05", "--steps", "2", "--inversion-steps", "2", "--token-start", "1", "--n-tokens", "2"]
+    dq = {}
+    for share in ("0.1", "0.6"):
+        out = tmp_path / f"{share}.egc"
+        assert main([*common, "-o", str(out), "--embedding-share", share]) == 0
+        bs = read_bitstream(out)
+        assert (bs.params["t0"], bs.params["nt"]) == (1, 2)
+        dq[share] = bs.params["dq"]
+    assert dq["0.6"] < dq["0.1"]  # a larger share of the budget: a finer quantization step
+
+
+def test_prior_fitting_loads_the_backbone_on_the_device_asked_for(tmp_path, monkeypatch):
+    """Fault 3: `egc train textinv-prior` loaded every backbone on the CPU whatever the machine had;
+    it now takes --device (default auto, a GPU when there is one)."""
+    import egc_lite.backbone as backbone_module
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(spec, device="auto", dtype=None):
+        seen.append(str(device))
+        raise Stop
+
+    monkeypatch.setattr(backbone_module, "load_backbone", fake_load)
+    with pytest.raises(Stop):
+        main(["train", "textinv-prior", "--backbone", "tiny-random", "--data", str(tmp_path)])
+    assert seen == ["auto"]
+
+
+def test_diffeic_rate_points_from_a_folder_named_on_the_command_line(tmp_path, image_file, tiny_backbone):
+    """Fault 5: compress and decompress take --weights, a folder of the user's rate points q1..q5."""
+    from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+
+    model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
+    mine = tmp_path / "mine"
+    save_diffeic(model, mine / "q2", tiny_backbone.backbone_id)
+    opts = ["--backbone", "tiny-random", "--device", "cpu", "--weights", str(mine)]
+    out = tmp_path / "b.egc"
+    assert main(["compress", str(image_file), "-o", str(out), "--codec", "diffeic", "--quality", "2", "--steps", "2", *opts]) == 0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "b.png"), *opts]) == 0
+    assert load_image(tmp_path / "b.png").shape == (3, 96, 144)

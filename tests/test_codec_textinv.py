@@ -139,18 +139,22 @@ def test_encoder_and_decoder_use_the_same_fixed_point_step(tiny_backbone, image)
 
 
 def test_codec_a_tables_are_shipped_not_rebuilt(monkeypatch, tiny_backbone):
+    from compressai.entropy_models import GaussianConditional
+
     import egc_lite.entropy as entropy
-    from egc_lite.codecs.textinv import load_tables
 
     def no_rebuild(*a, **k):
         raise AssertionError("codec A rebuilt its tables at run time")
 
     monkeypatch.setattr(entropy, "update_tables", no_rebuild)
+    # whoever calls it: compressai's own table builders may not run either
+    monkeypatch.setattr(GaussianConditional, "update_scale_table", no_rebuild)
+    monkeypatch.setattr(GaussianConditional, "update", no_rebuild)
     codec = TextInvCodec(tiny_backbone, FAST)
     sym = torch.randint(-3, 4, (1, 2, tiny_backbone.cond_dim)).float()
     assert torch.equal(codec.decode_embedding(codec.encode_embedding(sym, 0.05), 2, 0.05), sym)
     monkeypatch.undo()
-    from compressai.entropy_models import GaussianConditional
+    from egc_lite.codecs.textinv import load_tables
 
     fresh = GaussianConditional(None)
     entropy.update_tables(fresh)
@@ -166,3 +170,14 @@ def test_a_file_made_under_another_prior_is_refused(tmp_path, tiny_backbone, str
     with pytest.raises(BitstreamError, match="another embedding prior"):
         other.decompress(stream)
     assert "pf" in stream.params
+
+
+def test_a_decoder_holding_another_prior_refuses_the_file(tiny_backbone, stream):
+    """Fault 3: the prior is not in the backbone id, so the header carries its fingerprint; a decoder whose
+    prior differs (refitted, or another user's) refuses the file instead of decoding garbage."""
+    from egc_lite.textual_inversion import EmbeddingPrior
+
+    other = TextInvCodec(tiny_backbone, FAST)
+    other.prior = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.37), fitted=True)
+    with pytest.raises(BitstreamError, match="prior"):
+        other.decompress(stream)

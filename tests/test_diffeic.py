@@ -546,3 +546,66 @@ def test_bf16_training_keeps_the_rate_in_float32(tmp_path, tiny_backbone):
                                      batch_size=2, crop=64, steps=1, log_every=1, precision="bf16"), tiny_backbone)
     log = [json.loads(line) for line in (ckpt / "diffeic_log.jsonl").read_text().splitlines()]
     assert log[0]["bpp"] > 0 and log[0]["mse"] > 0
+
+
+# ---------------------------------------------------------------- issue 11, faults 5 and 7
+def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, tiny_backbone, monkeypatch):
+    """Fault 5: `egc train diffeic-export --quality N` overwrote the package's weights/diffeic/qN (egc-tiny's
+    shipped points, whatever backbone the checkpoint was trained on); it now writes <root>/<backbone id>/qN."""
+    import hashlib
+
+    import egc_lite.codecs.diffeic as codec_b
+    from egc_lite.cli import main
+
+    monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
+    # a stand-in for the package's shipped points, so that a regression overwrites nothing in the checkout
+    DIFFEIC_WEIGHTS = tmp_path / "shipped"
+    for q in (1, 3, 5):
+        (DIFFEIC_WEIGHTS / f"q{q}").mkdir(parents=True)
+        (DIFFEIC_WEIGHTS / f"q{q}" / "config.json").write_text('{"backbone_id": "shipped"}')
+        (DIFFEIC_WEIGHTS / f"q{q}" / "model.safetensors").write_bytes(b"shipped weights")
+    monkeypatch.setattr(codec_b, "DIFFEIC_WEIGHTS", DIFFEIC_WEIGHTS)
+    ckpt = tmp_path / "ckpt"
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(_photos(tmp_path / "photos")),
+                                     model=DiffEICConfig(N=8, M=8, lmbda=4.0), steps=1, batch_size=1, crop=64), tiny_backbone)
+
+    def shipped() -> dict:
+        return {str(p.relative_to(DIFFEIC_WEIGHTS)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(DIFFEIC_WEIGHTS.rglob("*")) if p.is_file()}
+
+    before = shipped()
+    assert main(["train", "diffeic-export", "--ckpt", str(ckpt), "--quality", "3"]) == 0
+    assert shipped() == before
+    assert (tmp_path / "points" / tiny_backbone.backbone_id / "q3" / "config.json").is_file()
+
+
+def test_training_creates_the_accelerator_before_it_loads_the_backbone(tmp_path, monkeypatch):
+    """Fault 7: the backbone was loaded (on `cuda`, i.e. cuda:0 on every rank) before the Accelerator existed;
+    now the Accelerator comes first and the backbone is loaded on its device (this rank's GPU)."""
+    import accelerate
+
+    import egc_lite.backbone as backbone_module
+    from egc_lite.cli import main
+
+    events = []
+
+    class Stop(Exception):
+        pass
+
+    class FakeAccelerator:
+        device = torch.device("cpu")  # stands for this rank's device
+        process_index = 0
+
+        def __init__(self, *args, **kwargs):
+            events.append("accelerator")
+
+    def fake_load(spec, device="auto", dtype=None):
+        events.append(("load", str(device)))
+        raise Stop
+
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    monkeypatch.setattr(backbone_module, "load_backbone", fake_load)
+    with pytest.raises(Stop):
+        main(["train", "diffeic", "--lmbda", "1", "--backbone", "tiny-random", "--ckpt", str(tmp_path / "ckpt"),
+              "--data", str(tmp_path), "--steps", "1"])
+    assert events == ["accelerator", ("load", "cpu")]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import resource
+import sys
 import zlib
 
 import pytest
@@ -76,12 +78,22 @@ def _mutate(bs: Bitstream, rng: random.Random) -> Bitstream:
     return dataclasses.replace(bs, params=params, sections=sections)
 
 
+def _peak_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 @pytest.mark.parametrize("name", ["guide", "textinv", "diffeic"])
 def test_structure_aware_fuzz(valid, name, monkeypatch):
+    budget = 0.5 * 2**30
     monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
     codec, good = valid[name]
     rng = random.Random(zlib.crc32(name.encode()))  # the same cases in every process (hash() of a str is salted)
     outcomes = {"decoded": 0, "refused": 0}
+    # measured, not estimated: a file the decoder accepts may not take it past the budget. (With the tiny
+    # backbone a 1x65535 header beside 64x64 payloads took ~0.9 GB before the fix; with SD, gigabytes.
+    # The peak only ever grows, so this catches a decode that outgrows everything before it.)
+    peak = _peak_bytes()
     for _ in range(40):
         bs = _mutate(good, rng)
         if rng.random() < 0.3:
@@ -97,6 +109,8 @@ def test_structure_aware_fuzz(valid, name, monkeypatch):
             outcomes["refused"] += 1
             continue
         assert y.shape == (3, parsed.height, parsed.width) and bool(torch.isfinite(y).all())
+        grown = _peak_bytes() - peak
+        assert grown < budget, f"a {parsed.width}x{parsed.height} file was decoded with {grown / 2**30:.2f} GiB, over the budget"
         outcomes["decoded"] += 1
     assert outcomes["refused"] > 5
 

@@ -87,3 +87,44 @@ def test_fit_prior_gives_positive_scales_per_channel(tiny_backbone):
     prior = fit_embedding_prior(tiny_backbone, images, InversionConfig(steps=3, lr=0.1, lmbda=0.0))
     assert prior.fitted and prior.sigma.shape == (tiny_backbone.cond_dim,)
     assert (prior.sigma > 0).all()
+
+
+# ---------------------------------------------------------------- issue 11, faults 1 and 6 (analytic denoisers)
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_inversion_recovers_the_data_mean_for_either_prediction_type(kind):
+    """Fault 1 (inversion loss): the Gaussian denoiser reads the data mean from the embedding's first
+    value, so the loss's minimiser is the latent's mean. A v-prediction output compared with the noise
+    (the loss before the fix) pulls it to about abar (1 - s^2) times that mean instead (0.23 for 0.71)."""
+    from egc_lite.analytic import gaussian_backbone
+
+    b = gaussian_backbone(std=0.5, prediction_type=kind)
+    z0 = 0.7 + 0.5 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = InversionConfig(steps=300, lr=0.02, lmbda=0.0, batch=8, crop=None, step_size=0.01)
+    res = invert_embedding(b, z0, cfg, EmbeddingPrior(torch.ones(4)))
+    assert abs(float(res.embedding[0, 0, 0]) - float(z0.mean())) < 0.03
+
+
+def test_inversion_scales_the_loss_of_a_float16_backbone():
+    """Fault 6 (loss scaling): in a float16 backward a gradient below fp16's smallest subnormal (6e-8)
+    becomes zero, and the embedding never moves. This UNet's output depends on the embedding only
+    through such a gradient; with loss scaling (GradScaler) the embedding moves."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from egc_lite.analytic import gaussian_backbone
+
+    class Faint(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros((), dtype=torch.float16))
+            self.config = SimpleNamespace(block_out_channels=(1,))
+
+        def forward(self, sample, timestep, encoder_hidden_states, **_):
+            return SimpleNamespace(sample=sample * 0 + encoder_hidden_states[:, :1, :1, None] * 1e-8 + self.anchor)
+
+    b = gaussian_backbone(std=0.5)
+    b = dataclasses.replace(b, unet=Faint(), dtype=torch.float16, null_cond=b.null_cond.half())
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = InversionConfig(steps=5, lr=0.1, lmbda=0.0, batch=2, crop=None, step_size=0.01)
+    res = invert_embedding(b, z0, cfg, EmbeddingPrior(torch.ones(4)))
+    assert float(res.embedding[0, 0, 0].abs()) > 1e-3
