@@ -719,7 +719,7 @@ def _norm_groups(widths: list[int], base_groups: int) -> int:
     return _divisor_at_most(math.gcd(*widths), min(base_groups, max(1, min(widths) // 2)))
 
 
-def _fit(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def _tile_to(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``src`` tiled where it is smaller and cut where it is larger, to ``shape`` (how the reference
     initialises its narrow control blocks from the UNet's weights)."""
     out = src
@@ -922,7 +922,7 @@ class CDDMControl(nn.Module):
         src = unet.state_dict()
         for name, p in self.named_parameters():
             if not name.startswith(("enc_out.", "mid_out.", "dec_out.")) and name in src:
-                p.copy_(_fit(src[name].to(p.dtype), p.shape))
+                p.copy_(_tile_to(src[name].to(p.dtype), p.shape))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c: torch.Tensor,
                 scale: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:

@@ -331,8 +331,12 @@ def test_compressor_options_are_checked():
                        (dict(context_slices=(12, 12)), "checkerboard")]:
         with pytest.raises(ParameterError, match=match):
             replace(TINY, **bad).validate()
-    assert {f.name: f.default for f in fields(DiffEICConfig) if f.name in LEGACY_FIELDS} == LEGACY_FIELDS
-    assert TINY.identity_dict() == {k: v for k, v in TINY.to_dict().items() if k not in LEGACY_FIELDS}
+    # the compressor's appended fields default to the old design; the control module defaults to the new
+    # one (a saved config without the field loads as "narrow": DiffEICConfig.from_dict)
+    defaults = {f.name: f.default for f in fields(DiffEICConfig) if f.name in LEGACY_FIELDS}
+    assert defaults == {**LEGACY_FIELDS, "control": "cddm"}
+    assert DiffEICConfig.from_dict({"N": 16, "M": 24}).control == "narrow"
+    assert TINY.identity_dict() == {k: v for k, v in TINY.to_dict().items() if k not in LEGACY_FIELDS or k == "control"}
     assert VARIANTS["checkerboard"].identity_dict()["context"] == "checkerboard"
     assert checkerboard(2, 3).tolist() == [[True, False, True], [False, True, False]]
 
@@ -527,15 +531,18 @@ def test_a_float16_unet_trains_with_loss_scaling(tmp_path, tiny_backbone):
     backbone = copy.deepcopy(tiny_backbone)
     backbone.unet.half()
     with torch.no_grad():  # a UNet whose output is tiny: every gradient behind it is below 6e-8 in float16
-        backbone.unet.conv_out.weight.mul_(1e-5)
+        backbone.unet.conv_out.weight.mul_(1e-4)
+        backbone.unet.conv_norm_out.weight.mul_(1e-3)
+        backbone.unet.conv_norm_out.bias.mul_(1e-3)
     assert training_precision("cpu", torch.float16) == "fp16" and training_precision("cpu", torch.float32, "fp32") == "fp32"
     photos = _photos(tmp_path / "photos")
     ckpt = tmp_path / "ckpt"
     train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0),
                                      batch_size=2, crop=64, steps=2, lr=1e-3, log_every=1, save_every=1), backbone)
-    state = torch.load(ckpt / "diffeic.pt", weights_only=False)["model"]
-    projections = [v for k, v in state.items() if ("controlnet_down_blocks" in k or "controlnet_mid_block" in k) and k.endswith("weight")]
-    assert projections and any(bool(v.abs().sum() > 0) for v in projections)  # the zero-initialised projections moved
+    trained = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8, lmbda=1.0), backbone)
+    trained.load_state_dict(torch.load(ckpt / "diffeic.pt", weights_only=False)["model"])
+    projections = [m.weight for m in trained.control.output_projections()]
+    assert projections and any(bool(w.abs().sum() > 0) for w in projections)  # the zero-initialised projections moved
     assert next(backbone.unet.parameters()).dtype == torch.float16  # the frozen UNet stays as loaded
 
 
