@@ -183,6 +183,25 @@ def latent_crops(bank: list[torch.Tensor], n: int, size: int, rng: random.Random
 
 
 # ---------------------------------------------------------------------------------- losses
+#: Initial log-variance of a new VAE's posterior (standard deviation exp(-3) = 0.05).
+INITIAL_LOGVAR = -6.0
+
+
+def start_with_small_posterior_noise(vae) -> None:
+    """Set the bias of the log-variance half of ``quant_conv`` to :data:`INITIAL_LOGVAR`.
+
+    With diffusers' default initialisation the posterior's standard deviation starts near 1, about
+    the size of the means, and with a KL weight of 1e-6 nothing but the reconstruction shrinks it:
+    measured on the (64, 128, 256, 256) VAE with 8 latent channels, after 500 steps (batch 4, 192-px
+    crops) the standard deviation was still 0.3-0.9 against means of 0.3-1.8 and the crop PSNR had
+    been flat at 17 dB for 250 steps. Starting nearly deterministic lets the latent carry the image
+    from the first step; the posterior means (what the codecs use) are unaffected.
+    """
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.bias[c:].fill_(INITIAL_LOGVAR)
+
+
 class ReconstructionLoss(nn.Module):
     """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}
     + w_{lf}\\|p_8(x)-p_8(\\hat x)\\|_1` with a sampled latent (:math:`p_8`: 8x8 block means).
@@ -405,6 +424,8 @@ def train(cfg: BackboneTrainConfig) -> Path:
             vae.load_state_dict(state["vae"])
         elif cfg.phase == "decoder":
             vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
+        else:
+            start_with_small_posterior_noise(vae)
         model = ReconstructionLoss(vae, cfg.kl_weight, freeze_encoder=cfg.phase == "decoder", lf_weight=cfg.lf_weight)
         extra: dict = {}
     elif cfg.phase == "unet":

@@ -234,3 +234,17 @@ def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
     assert share(low_mid, 900, 1000) > 0.025  # the pure-noise end keeps a share (the uniform part's 2.5% and more)
     with pytest.raises(ValueError, match="t_sampling"):
         sample_timesteps(4, 1000, "cosine")
+
+
+def test_a_new_vae_starts_with_small_posterior_noise():
+    from egc_lite.train_backbone import INITIAL_LOGVAR, start_with_small_posterior_noise
+
+    vae = build_components(TEST_CONFIG, seed=0).vae
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        start_with_small_posterior_noise(vae)
+        after = vae.encode(x).latent_dist
+    assert torch.equal(before.mean, after.mean)  # what the codecs read is unchanged
+    assert float(after.std.max()) < 0.1 < float(before.std.mean())
+    assert abs(float(after.logvar.mean()) - INITIAL_LOGVAR) < 0.5
