@@ -7,7 +7,8 @@
    8x8 block means: colour and layout) and sharpness (mean gradient magnitude over the original's).
 2. Textual inversion on Kodak images (never trained on): mean denoising loss over an even grid
    of timesteps with the inverted embedding vs the null embedding.
-3. Speed: 50 DDIM steps with classifier-free guidance for a 768x512 image (plus the VAE decode).
+3. Speed: 50 DDIM steps with classifier-free guidance for a 768x512 image (plus the VAE decode), at the
+   backbone's inference precision (bf16 where fast; ``EGC_PRECISION=fp32`` for float32).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def main() -> None:
         with torch.no_grad():
             b.decode(z)
         t2 = time.perf_counter()
-        print(f"Speed, 768x512, {torch.get_num_threads()} threads: 50 DDIM steps with CFG {t1 - t0:.1f} s, VAE decode {t2 - t1:.1f} s, "
+        print(f"Speed, 768x512, {torch.get_num_threads()} threads, {b.inference_precision} (benchmarks/inference_precision.py "
+              f"compares fp32 and bf16): 50 DDIM steps with CFG {t1 - t0:.1f} s, VAE decode {t2 - t1:.1f} s, "
               f"total {t2 - t0:.1f} s")
 
 

@@ -9,6 +9,12 @@ rounded to float16 so that the fp16 and fp32 files of one model agree, the sched
 configuration and the null embedding). Folder names, hub names, extra files in the folder
 (other variants, codec A's prior, egc-tiny's token encoder) do not change it.
 
+``inference_precision`` is decided once, when loading (:func:`egc_lite.precision.inference_precision`:
+``"bf16"`` for a float32 backbone only where the device runs bf16 fast, or as ``precision`` /
+``EGC_PRECISION`` say). Under ``"bf16"`` the UNet and the VAE decoder are in ``channels_last`` and
+run under bf16 autocast (:meth:`Backbone.inference_autocast`, used by :meth:`Backbone.decode` and the
+samplers' denoisers); :meth:`Backbone.encode` always runs in float32.
+
 The UNet may predict the noise (``prediction_type="epsilon"``, SD 1.5, SD 2.1-base) or
 :math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,z_0` (``"v_prediction"``,
 SD 2.1 at 768 px); :mod:`egc_lite.sampling` converts. Other kinds are refused when loading.
@@ -26,6 +32,7 @@ SD 2.1 at 768 px); :mod:`egc_lite.sampling` converts. Other kinds are refused wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +44,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
 from .errors import ModelNotFoundError, ParameterError
+from .precision import autocast, prepare_module
+from .precision import inference_precision as decide_inference_precision
 from .tiny import TEST_CONFIG, build_components
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -64,6 +73,7 @@ class Backbone:
     dtype: torch.dtype
     path: Path | None = None
     bos: bool = False  # position 0 of null_cond is a text encoder's BOS token (Stable Diffusion)
+    inference_precision: str = "fp32"  # "bf16": UNet and VAE decoder under bf16 autocast (module docstring)
 
     @property
     def n_tokens(self) -> int:
@@ -96,14 +106,23 @@ class Backbone:
     def vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
+    def inference_autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where :attr:`inference_precision` is ``"bf16"``; otherwise no autocast (a float16
+        backbone runs as stored)."""
+        return autocast(self.device, "bf16") if self.inference_precision == "bf16" else contextlib.nullcontext()
+
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
-        """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (posterior mean: deterministic)."""
+        """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (posterior mean: deterministic). Never under autocast,
+        not even a caller's: codec B's compressor decides its symbols from :math:`z_0`."""
         x = (x01 * 2 - 1).to(self.device, self.vae_dtype)
-        return self.vae.encode(x).latent_dist.mean.to(self.dtype) * self.latent_scale
+        with torch.autocast(self.device.type, enabled=False):
+            return self.vae.encode(x).latent_dist.mean.to(self.dtype) * self.latent_scale
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        """Image :math:`\\mathcal{D}(z_0/s)` in [0, 1] (differentiable; not clamped)."""
-        x = self.vae.decode((z0 / self.latent_scale).to(self.vae_dtype)).sample
+        """Image :math:`\\mathcal{D}(z_0/s)` in [0, 1], float32 (differentiable; not clamped), under
+        :meth:`inference_autocast`."""
+        with self.inference_autocast():
+            x = self.vae.decode((z0 / self.latent_scale).to(self.vae_dtype)).sample
         return (x.float() + 1) / 2
 
 
@@ -151,8 +170,9 @@ def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> to
 
 
 def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None, bos: bool = False,
-            backbone_id: str | None = None) -> Backbone:
-    """Place the modules (the VAE in the UNet's dtype, as diffusers' SD pipelines do) and build the :class:`Backbone`."""
+            backbone_id: str | None = None, precision: str = "auto") -> Backbone:
+    """Place the modules (the VAE in the UNet's dtype, as diffusers' SD pipelines do), decide the inference
+    precision (module docstring) and build the :class:`Backbone`."""
     prediction = getattr(scheduler.config, "prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise ModelNotFoundError(
@@ -164,19 +184,26 @@ def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None
     if device.type == "cuda":  # memory plan: recompute activations in passes that need gradients (README)
         unet.enable_gradient_checkpointing()
         vae.enable_gradient_checkpointing()
+    compute = decide_inference_precision(device, dtype, precision)
+    if compute == "bf16":  # oneDNN's fast layout for the modules that run in bf16; the encoder keeps its own
+        prepare_module(unet, compute)
+        prepare_module(vae.decoder, compute)
+        if getattr(vae, "post_quant_conv", None) is not None:
+            prepare_module(vae.post_quant_conv, compute)
     scale = float(getattr(vae.config, "scaling_factor", 1.0))
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
     return Backbone(name=name, backbone_id=backbone_id, vae=vae, unet=unet, scheduler=scheduler,
                     null_cond=null_cond.to(device, dtype), latent_scale=scale, device=device, dtype=dtype, path=path,
-                    bos=bos)
+                    bos=bos, inference_precision=compute)
 
 
-def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Backbone:
+def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                         precision: str = "auto") -> Backbone:
     """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU)."""
     dev, dt = resolve_device(device, dtype)
     c = build_components(TEST_CONFIG, seed=seed)
-    return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt)
+    return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt, precision=precision)
 
 
 def _variant(folder: Path, stem: str) -> str | None:
@@ -215,7 +242,7 @@ def _null_cond_from_text_encoder(folder: Path) -> tuple[torch.Tensor, bool]:
     return null, tok.bos_token_id is not None and int(ids[0, 0]) == int(tok.bos_token_id)
 
 
-def _load_folder(name: str, folder: Path, device, dtype) -> Backbone:
+def _load_folder(name: str, folder: Path, device, dtype, precision: str = "auto") -> Backbone:
     missing = [s for s in ("vae", "unet", "scheduler") if not (folder / s).is_dir()]
     if missing:
         raise ModelNotFoundError(
@@ -245,7 +272,7 @@ def _load_folder(name: str, folder: Path, device, dtype) -> Backbone:
         raise ModelNotFoundError(
             f"{folder} has no null embedding: add {NULL_COND_FILE} or text_encoder/ and tokenizer/"
         )
-    return _finish(name, vae, unet, scheduler, null_cond, device, dtype, folder, bos=bos)
+    return _finish(name, vae, unet, scheduler, null_cond, device, dtype, folder, bos=bos, precision=precision)
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -264,7 +291,7 @@ def _hub_cache_dir() -> Path:
     return Path(HF_HUB_CACHE)
 
 
-def _load_hub(spec: str, device, dtype) -> Backbone:
+def _load_hub(spec: str, device, dtype, precision: str = "auto") -> Backbone:
     from huggingface_hub import snapshot_download
 
     patterns = ["vae/*", "unet/*", "scheduler/*", "text_encoder/*", "tokenizer/*", "model_index.json"]
@@ -281,31 +308,33 @@ def _load_hub(spec: str, device, dtype) -> Backbone:
             folder = Path(snapshot_download(spec, allow_patterns=patterns))
         except Exception as exc:
             raise ModelNotFoundError(f"could not download {spec!r} from the hub: {exc}") from None
-    return _load_folder(spec, folder, device, dtype)
+    return _load_folder(spec, folder, device, dtype, precision)
 
 
-def load_backbone(spec: str = "egc-tiny", device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Backbone:
-    """Load a backbone by name, local folder or hub id (see the module docstring)."""
+def load_backbone(spec: str = "egc-tiny", device: str | torch.device = "auto", dtype: torch.dtype | None = None,
+                  precision: str = "auto") -> Backbone:
+    """Load a backbone by name, local folder or hub id (see the module docstring); ``precision``
+    (``auto``, ``fp32``, ``bf16``) is the inference precision of a float32 backbone."""
     dev, dt = resolve_device(device, dtype)
     if spec.startswith("tiny-random"):
         _, _, seed = spec.partition(":")
         if seed and not seed.isdigit():
             raise ParameterError(f"bad tiny-random seed {seed!r}: use tiny-random:<integer>")
-        return tiny_random_backbone(int(seed or 0), dev, dt)
+        return tiny_random_backbone(int(seed or 0), dev, dt, precision)
     if spec == "egc-tiny":
         if not (EGC_TINY_DIR / "unet").is_dir():
             raise ModelNotFoundError(
                 f"the egc-tiny weights are not in this installation (looked in {EGC_TINY_DIR}): "
                 "reinstall egc_lite from a full clone, or train them with `egc train backbone`"
             )
-        return _load_folder("egc-tiny", EGC_TINY_DIR, dev, dt)
+        return _load_folder("egc-tiny", EGC_TINY_DIR, dev, dt, precision)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelNotFoundError(f"{path} is a file: a backbone is a folder with vae/, unet/ and scheduler/")
-        return _load_folder(path.name, path.resolve(), dev, dt)
+        return _load_folder(path.name, path.resolve(), dev, dt, precision)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        return _load_hub(spec, dev, dt)
+        return _load_hub(spec, dev, dt, precision)
     raise ModelNotFoundError(
         f"unknown backbone {spec!r}: no such folder; use 'egc-tiny', a local Stable Diffusion folder, "
         "a hub id such as 'stabilityai/stable-diffusion-2-1-base', or 'tiny-random'"

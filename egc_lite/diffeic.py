@@ -1004,8 +1004,10 @@ class DiffEICModel(nn.Module):
 
     def predict_noise(self, unet, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c: torch.Tensor,
                       scale: float = 1.0) -> torch.Tensor:
-        """:math:`\\hat\\epsilon` of the frozen ``unet`` steered by ``c`` (differentiable w.r.t. this model); ``scale``
-        multiplies every control residual (0: the plain UNet)."""
+        """:math:`\\hat\\epsilon` of the frozen ``unet`` steered by ``c`` (differentiable w.r.t. this model), float32;
+        ``scale`` multiplies every control residual (0: the plain UNet). The control module and the UNet run
+        under the caller's autocast: training's (:class:`DiffEICLoss`), or the backbone's inference precision
+        (:meth:`denoiser`)."""
         dev = self.device
         b = z_t.shape[0]
         c = c.to(dev, torch.float32)
@@ -1014,13 +1016,17 @@ class DiffEICModel(nn.Module):
         return self.control.steer(unet, z_t.to(dev, torch.float32), t.to(dev), cond.to(dev, torch.float32), c, scale).float()
 
     def denoiser(self, backbone, c: torch.Tensor):
-        """A :class:`~egc_lite.sampling.Denoiser` for :func:`~egc_lite.sampling.ddim_sample` steered by ``c``."""
+        """A :class:`~egc_lite.sampling.Denoiser` for :func:`~egc_lite.sampling.ddim_sample` steered by ``c``: the
+        control module and the UNet under the backbone's inference precision
+        (:meth:`~egc_lite.backbone.Backbone.inference_autocast`); ``c`` itself was decoded in float32."""
 
         from .sampling import output_to_epsilon
 
         def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return output_to_epsilon(backbone, self.predict_noise(backbone.unet, z_t, t, cond, c), z_t.float(), t)
+                with backbone.inference_autocast():
+                    eps = self.predict_noise(backbone.unet, z_t, t, cond, c)
+                return output_to_epsilon(backbone, eps, z_t.float(), t)
 
         return denoise
 

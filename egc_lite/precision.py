@@ -7,8 +7,29 @@ is *slower* than float32 (measured on an AVX2-only AMD EPYC, one core: a 64-chan
 convolution at 5 GFLOP/s in bf16 against 49 in float32; a 2048x2048 matmul at well under 1
 against 58). On CUDA, bf16 needs compute capability 8.0 or newer.
 
-Only training and the denoiser may use bf16. Nothing that decides entropy-coded symbols runs
-under it: bf16 results differ between machines, and a file must decode bit-exactly anywhere.
+What may run in bf16 (autocast), and what never does:
+
+* training (the backbone's phases, DiffEIC's denoiser term): :func:`training_precision`;
+* inference, decided once per loaded backbone by :func:`inference_precision` (kept in
+  ``Backbone.inference_precision``; ``Backbone.inference_autocast`` enters it): the UNet in the
+  sampler's denoiser (:func:`egc_lite.sampling.unet_denoiser`), the UNet *and* DiffEIC's control
+  module (:meth:`egc_lite.diffeic.DiffEICModel.denoiser`), and the VAE *decoder*
+  (``Backbone.decode``), including the decoder passes and gradients of compression guidance. These
+  modules are put in ``channels_last`` (:func:`prepare_module`: the UNet 1.15x, the VAE decoder 2x
+  faster than bf16 alone on egc-tiny). A float16 backbone (CUDA) runs as stored, without autocast.
+* Never: the VAE *encoder* (``Backbone.encode`` disables autocast, so it is float32 even inside a
+  caller's autocast), textual inversion (codec A's encoder), DiffEIC's compressor and every entropy
+  model. These decide entropy-coded symbols, or the values they are computed from: codec B's files
+  are byte-identical under either precision, codec A's inversion differs only by float32 rounding
+  (the bf16 UNet's ``channels_last`` layout sums in another order), and the entropy decoding of a file
+  is bit-exact on every machine.
+
+So a file decodes to the same pixels every time on one machine with one precision and thread count
+(bf16 kernels are deterministic there; float32 results already depend on the thread count), but a bf16
+and a float32 decoder give slightly different pixels, and so may two machines: only the entropy-coded
+parts are bit-exact across machines. Measured on egc-tiny (768x512, 50 DDIM steps with CFG, one thread
+of an AMX Xeon, ``benchmarks/inference_precision.py``): 10.7 s float32, 5.0 s bf16; the bf16 image
+is within 3 of 255 levels of the float32 one (mean 0.37, PSNR 54.8 dB).
 
 ``EGC_PRECISION=fp32`` (or ``bf16``) in the environment overrides the automatic choice.
 """
@@ -73,6 +94,21 @@ def training_precision(device: torch.device | str, frozen_dtype: torch.dtype, pr
     """
     if frozen_dtype == torch.float16:
         return "fp16"
+    return resolve_precision(device, precision)
+
+
+def inference_precision(device: torch.device | str, dtype: torch.dtype, precision: str = "auto") -> str:
+    """The arithmetic of inference's UNet and VAE decoder for a backbone stored in ``dtype`` on ``device``.
+
+    A float32 backbone gets :func:`resolve_precision` (``"bf16"`` autocast only where it is fast, or as
+    ``precision`` / ``EGC_PRECISION`` say); a float16 or bfloat16 one runs as stored (``"fp16"``, ``"bf16"``).
+    """
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if dtype == torch.float16:
+        return "fp16"
+    if dtype == torch.bfloat16:
+        return "bf16"
     return resolve_precision(device, precision)
 
 

@@ -121,11 +121,13 @@ def training_target(backbone: Backbone, z0: torch.Tensor, eps: torch.Tensor, t: 
 
 
 def unet_denoiser(backbone: Backbone) -> Denoiser:
-    """The backbone's UNet as a :class:`Denoiser` (its output converted to a noise prediction)."""
+    """The backbone's UNet as a :class:`Denoiser` (its output converted to a float32 noise prediction), run
+    under the backbone's inference precision (:meth:`~egc_lite.backbone.Backbone.inference_autocast`)."""
 
     def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        out = backbone.unet(z_t.to(backbone.dtype), t, encoder_hidden_states=cond.to(backbone.dtype)).sample.float()
-        return output_to_epsilon(backbone, out, z_t.float(), t)
+        with backbone.inference_autocast():
+            out = backbone.unet(z_t.to(backbone.dtype), t, encoder_hidden_states=cond.to(backbone.dtype)).sample
+        return output_to_epsilon(backbone, out.float(), z_t.float(), t)
 
     return denoise
 

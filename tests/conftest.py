@@ -40,6 +40,17 @@ def tiny_backbone():
 
 
 @pytest.fixture(scope="session")
+def tiny_by_precision():
+    """The tiny random backbone of ``tiny_backbone`` twice, with inference precision ``"fp32"`` and ``"bf16"``
+    chosen explicitly (whatever this CPU or ``EGC_PRECISION`` say): ``{"fp32": ..., "bf16": ...}``."""
+    from egc_lite.backbone import tiny_random_backbone
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("EGC_PRECISION", raising=False)
+        return {p: tiny_random_backbone(seed=0, device="cpu", precision=p) for p in ("fp32", "bf16")}
+
+
+@pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory):
     """A tiny random model saved in Stable Diffusion's folder layout, text encoder included."""
     from egc_lite.tiny import write_tiny_sd_folder

@@ -167,3 +167,51 @@ def test_vae_follows_the_unet_dtype(monkeypatch, sd_folder):
     assert b.vae.config.force_upcast  # diffusers' default, as in SD's own VAE configs
     assert next(b.unet.parameters()).dtype == torch.float16
     assert b.vae_dtype == torch.float16
+
+
+# ---------------------------------------------------------------- issue 13: bf16 inference
+@pytest.mark.parametrize("fast, env, expected", [(True, None, "bf16"), (False, None, "fp32"), (True, "fp32", "fp32"),
+                                                 (False, "bf16", "bf16")])
+def test_load_backbone_decides_the_inference_precision(monkeypatch, sd_folder, fast, env, expected):
+    import egc_lite.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+    if env is None:
+        monkeypatch.delenv("EGC_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("EGC_PRECISION", env)
+    for spec in ("tiny-random", str(sd_folder)):
+        b = load_backbone(spec, device="cpu")
+        assert b.inference_precision == expected
+        conv_in = b.unet.conv_in.weight
+        assert conv_in.is_contiguous(memory_format=torch.channels_last) == (expected == "bf16")
+        assert b.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last) == (expected == "bf16")
+        assert b.vae.encoder.conv_in.weight.is_contiguous()  # the encoder is never touched
+        with b.inference_autocast():
+            out = b.unet.conv_in(torch.rand(1, 4, 8, 8))
+        assert out.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+    assert load_backbone("tiny-random", device="cpu", precision="fp32").inference_precision == ("bf16" if env == "bf16" else "fp32")
+
+
+def test_encoder_stays_float32_under_a_bf16_backbone(tiny_by_precision):
+    """Codec B's compressor decides its symbols from z0: a bf16 backbone encodes bit for bit as a float32
+    one, even inside a caller's bf16 autocast."""
+    x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    z32 = tiny_by_precision["fp32"].encode(x)
+    z = tiny_by_precision["bf16"].encode(x)
+    assert z.dtype == torch.float32 and torch.equal(z, z32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(tiny_by_precision["bf16"].encode(x), z32)
+
+
+def test_bf16_decode_is_deterministic_and_close_to_float32(tiny_by_precision):
+    """The decoder runs in bf16 (it differs from float32, so autocast is on) and stays within bf16's
+    rounding of it (measured: relative RMS 0.026, max 0.041 on this random VAE); two calls agree bit for bit."""
+    z = torch.randn(2, 4, 12, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = tiny_by_precision["fp32"].decode(z)
+        a, b = (tiny_by_precision["bf16"].decode(z) for _ in range(2))
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+    diff = a - ref
+    assert float(diff.abs().max()) > 0
+    assert float(diff.pow(2).mean().sqrt() / ref.std()) < 0.06 and float(diff.abs().max()) < 0.1

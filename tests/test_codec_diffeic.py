@@ -242,3 +242,58 @@ def test_shipped_rate_points_still_decode_files_made_before_the_new_control(egc_
     assert encode_bitstream(codec.compress(x, CompressOptions(quality=1, steps=4, start_step=0, seed=3))) == old
     y = codec.decompress(bs)
     assert y.shape == (3, 128, 192) and torch.equal(y, codec.decompress(bs))
+
+
+# ---------------------------------------------------------------- issue 13: bf16 inference
+@pytest.fixture(scope="module")
+def codecs_by_precision(tiny_by_precision):
+    model = _model(tiny_by_precision["fp32"], 0)
+    return {p: DiffEICCodec(b, model=model) for p, b in tiny_by_precision.items()}
+
+
+def test_files_do_not_depend_on_the_inference_precision(codecs_by_precision, image):
+    """The encoder path (VAE encoder, compressor, entropy coder) never sees bf16: the same bytes either way."""
+    files = {p: encode_bitstream(c.compress(image, CompressOptions(seed=5, steps=3))) for p, c in codecs_by_precision.items()}
+    assert files["bf16"] == files["fp32"]
+
+
+def test_bf16_decode_is_deterministic_and_close_to_float32(codecs_by_precision, image):
+    bs = codecs_by_precision["fp32"].compress(image, CompressOptions(seed=5, steps=3))
+    c16 = codecs_by_precision["bf16"]
+    assert torch.equal(c16.content_variables(bs), codecs_by_precision["fp32"].content_variables(bs))
+    a, b = c16.decompress(bs), c16.decompress(bs)
+    assert torch.equal(a, b)
+    ref = codecs_by_precision["fp32"].decompress(bs)
+    diff = a - ref
+    assert float(diff.abs().max()) > 0 and float(diff.pow(2).mean().sqrt() / ref.std()) < 0.06
+
+
+@pytest.mark.slow
+def test_bf16_decode_in_another_process_gives_the_same_pixels(tmp_path, codecs_by_precision, image):
+    """A file decodes to the same pixels in a fresh process on this machine under bf16 (same thread count)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    model = codecs_by_precision["bf16"].model(0)
+    save_diffeic(model, tmp_path / "q3", codecs_by_precision["bf16"].backbone_id)
+    codec = DiffEICCodec(codecs_by_precision["bf16"].backbone, weights_dir=tmp_path)
+    bs = codec.compress(image, CompressOptions(quality=3, seed=5, steps=3))
+    write_bitstream(tmp_path / "a.egc", bs)
+    here = codec.decompress(bs)
+    code = f"""
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})
+        from egc_lite.backbone import tiny_random_backbone
+        from egc_lite.bitstream import read_bitstream
+        from egc_lite.codecs import DiffEICCodec
+        b = tiny_random_backbone(seed=0, precision="bf16")
+        assert b.inference_precision == "bf16"
+        codec = DiffEICCodec(b, weights_dir={str(tmp_path)!r})
+        torch.save(codec.decompress(read_bitstream({str(tmp_path / 'a.egc')!r})), {str(tmp_path / 'x.pt')!r})
+    """
+    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin", "EGC_PROGRESS": "0",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "x.pt"), here)

@@ -181,3 +181,31 @@ def test_a_decoder_holding_another_prior_refuses_the_file(tiny_backbone, stream)
     other.prior = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.37), fitted=True)
     with pytest.raises(BitstreamError, match="prior"):
         other.decompress(stream)
+
+
+# ---------------------------------------------------------------- issue 13: bf16 inference
+def test_inversion_stays_float32_under_a_bf16_backbone(tiny_by_precision, image):
+    """Codec A's encoder (VAE encoder, textual inversion) never runs in bf16: on a bf16 backbone its UNet
+    passes are float32 and the embedding matches the float32 backbone's up to float32 rounding (the bf16
+    backbone's UNet is in channels_last, another summation order; measured 4e-7)."""
+    cfg = dataclasses.replace(FAST, inversion=InversionConfig(steps=5))
+    emb = {}
+    for p, b in tiny_by_precision.items():
+        seen: list[torch.dtype] = []
+        handle = b.unet.conv_in.register_forward_hook(lambda mod, args, out, seen=seen: seen.append(out.dtype))
+        try:
+            emb[p] = TextInvCodec(b, cfg).invert(image, cfg).embedding
+        finally:
+            handle.remove()
+        assert seen and set(seen) == {torch.float32}
+    assert float((emb["bf16"] - emb["fp32"]).abs().max()) < 1e-4
+
+
+def test_bf16_decode_is_deterministic_and_close_to_float32(tiny_by_precision, stream):
+    """Decoding with compression guidance under bf16: the same pixels twice, near the float32 decoding."""
+    codecs = {p: TextInvCodec(b, FAST) for p, b in tiny_by_precision.items()}
+    a, b = codecs["bf16"].decompress(stream), codecs["bf16"].decompress(stream)
+    assert torch.equal(a, b)
+    ref = codecs["fp32"].decompress(stream)
+    diff = a - ref
+    assert float(diff.abs().max()) > 0 and float(diff.pow(2).mean().sqrt() / ref.std()) < 0.06

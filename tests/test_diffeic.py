@@ -616,3 +616,35 @@ def test_training_creates_the_accelerator_before_it_loads_the_backbone(tmp_path,
         main(["train", "diffeic", "--lmbda", "1", "--backbone", "tiny-random", "--ckpt", str(tmp_path / "ckpt"),
               "--data", str(tmp_path), "--steps", "1"])
     assert events == ["accelerator", ("load", "cpu")]
+
+
+# ---------------------------------------------------------------- issue 13: bf16 inference
+@pytest.mark.parametrize("kind", ["cddm", "narrow"])
+def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny_by_precision):
+    """The control module (with non-zero outputs, so it steers) and the UNet compute in bf16 on a bf16
+    backbone, in float32 on a float32 one; the float32 noise predictions agree to bf16's rounding."""
+    b16, b32 = tiny_by_precision["bf16"], tiny_by_precision["fp32"]
+    model = DiffEICModel.for_backbone(replace(TINY, control=kind), b32, seed=1).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.control.output_projections():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    from egc_lite.sampling import unet_denoiser
+
+    first_conv = next(m for m in model.control.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list[torch.dtype] = []
+    handle = first_conv.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    c = torch.randn(1, 4, 8, 8, generator=g)
+    t = torch.tensor([600])
+    try:
+        e16 = model.denoiser(b16, c)(z, t, b16.null_cond)
+        e32 = model.denoiser(b32, c)(z, t, b32.null_cond)
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    with torch.no_grad():
+        plain = unet_denoiser(b32)(z, t, b32.null_cond)  # the UNet alone: what the control adds
+    assert e16.dtype == torch.float32 and float((e16 - e32).abs().max()) > 0
+    assert float((e16 - e32).pow(2).mean().sqrt()) < 0.05 * float((e32 - plain).pow(2).mean().sqrt())

@@ -63,3 +63,51 @@ def test_schedule_skips_steps(tiny_backbone):
 def test_bad_guidance_settings(bad):
     with pytest.raises(ParameterError):
         CompressionGuidanceConfig(**bad).validate()
+
+
+# ---------------------------------------------------------------- issue 13: guidance through the bf16 decoder
+@pytest.mark.parametrize("mode", ["fast", "full", "latent"])
+def test_bf16_guidance_gradient_is_finite_and_follows_the_float32_one(tiny_by_precision, mode):
+    """The correction's gradient runs through the bf16 UNet and decoder: finite, pointing where float32's
+    does (measured cosine 0.9994 or more), and a small step along it lowers the float32 guide loss."""
+    torch.manual_seed(0)
+    z_t = torch.randn(1, 4, 8, 8)
+    target = degrade(torch.rand(1, 3, 64, 64), 8)
+    cfg = CompressionGuidanceConfig(scale=0.5, mode=mode)
+    corr = {}
+    for p, b in tiny_by_precision.items():
+        eps = unet_denoiser(b)(z_t, torch.tensor([500]), b.null_cond)
+        st = StepState(z_t, 500, 0, eps, float(b.scheduler.alphas_cumprod[500]), 0.9, b.null_cond, b.null_cond, 2.0)
+        corr[p] = compression_guidance(b, target, (64, 64), 8, cfg, steps=10, denoiser=unet_denoiser(b))(st)
+    c16, c32 = corr["bf16"], corr["fp32"]
+    assert torch.isfinite(c16).all() and float(c16.abs().max()) > 0
+    assert float(torch.nn.functional.cosine_similarity(c16.flatten(), c32.flatten(), dim=0)) > 0.99
+    b32 = tiny_by_precision["fp32"]
+
+    def loss(z):
+        with torch.no_grad():
+            return float(guide_loss(b32, predict_z0(z, st.eps, st.a_t), target, (64, 64), 8))
+
+    assert loss(z_t + c16 / c16.abs().max() * 1e-2) < loss(z_t)
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_bf16_guided_sampling_ends_nearer_the_guide(tiny_by_precision, mode):
+    """Whole DDIM runs: on the bf16 backbone compression guidance brings the decoded sample nearer the guide
+    than the unguided run from the same seed (measured: error 0.0128 -> 0.0084 in fast mode), as far as on
+    the float32 one (within 5%)."""
+    from egc_lite.sampling import SamplerConfig, ddim_sample
+
+    target = degrade(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)), 8)
+    sampler = SamplerConfig(steps=4, guidance_scale=2.0, seed=3)
+    err = {}
+    for p, b in tiny_by_precision.items():
+        for scale in (0.0, 60.0):
+            cfg = CompressionGuidanceConfig(scale=scale, mode=mode)
+            hook = compression_guidance(b, target, (64, 64), 8, cfg, 4, unet_denoiser(b)) if scale else None
+            z0 = ddim_sample(b, b.null_cond, (8, 8), sampler, guidance=hook)
+            assert torch.isfinite(z0).all()
+            with torch.no_grad():
+                err[p, scale] = float((degrade(b.decode(z0), 8) - target).pow(2).mean())
+    assert err["bf16", 60.0] < 0.8 * err["bf16", 0.0], err
+    assert abs(err["bf16", 60.0] - err["fp32", 60.0]) < 0.05 * err["fp32", 60.0], err

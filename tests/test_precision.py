@@ -7,7 +7,7 @@ import torch
 
 from egc_lite import precision
 from egc_lite.errors import ParameterError
-from egc_lite.precision import autocast, prepare_module, resolve_precision
+from egc_lite.precision import autocast, inference_precision, prepare_module, resolve_precision
 
 
 def test_cpu_choice_follows_the_hardware_probe(monkeypatch):
@@ -40,3 +40,21 @@ def test_autocast_and_layout():
         assert conv(x).dtype == torch.float32
     assert prepare_module(conv, "bf16").weight.is_contiguous(memory_format=torch.channels_last)
     assert prepare_module(torch.nn.Conv2d(3, 4, 3), "fp32").weight.is_contiguous()
+
+
+def test_inference_precision_is_bf16_only_for_float32_where_fast(monkeypatch):
+    monkeypatch.delenv("EGC_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert inference_precision("cpu", torch.float32) == "bf16"
+    assert inference_precision("cpu", torch.float32, "fp32") == "fp32"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert inference_precision("cpu", torch.float32) == "fp32"  # emulated bf16 would be ~10x slower
+    monkeypatch.setenv("EGC_PRECISION", "bf16")
+    assert inference_precision("cpu", torch.float32) == "bf16"
+    assert inference_precision("cpu", torch.float16) == "fp16"  # a float16 backbone runs as stored
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv("EGC_PRECISION", "fp32")
+    assert inference_precision("cpu", torch.float32, "bf16") == "fp32"
+    monkeypatch.delenv("EGC_PRECISION")
+    with pytest.raises(ParameterError, match="precision"):
+        inference_precision("cpu", torch.float16, "half")
