@@ -48,7 +48,7 @@ from .autoencoder import AnyVAE, decoder_modules, enable_gradient_checkpointing,
 from .errors import ModelNotFoundError, ParameterError
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
-from .tiny import TEST_CONFIG, build_components
+from .tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
@@ -201,10 +201,11 @@ def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None
 
 
 def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                         precision: str = "auto") -> Backbone:
-    """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU)."""
+                         precision: str = "auto", cfg: TinyBackboneConfig = TEST_CONFIG) -> Backbone:
+    """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU); ``cfg`` picks
+    another small architecture (e.g. :data:`~egc_lite.tiny.TEST_TINY_AE_CONFIG`, with an ``AutoencoderTiny``)."""
     dev, dt = resolve_device(device, dtype)
-    c = build_components(TEST_CONFIG, seed=seed)
+    c = build_components(cfg, seed=seed)
     return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt, precision=precision)
 
 
