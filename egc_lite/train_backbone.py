@@ -343,12 +343,13 @@ def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
     vae = load_vae(folder).float()
+    index = folder / "model_index.json"
+    arch = json.loads(index.read_text()).get("config") if index.exists() else None
+    config = {"arch": arch} if arch else {}
     if not (ckpt / "vae.pt").exists():  # later phases read the VAE (and its architecture) from here
-        index = folder / "model_index.json"
-        arch = json.loads(index.read_text()).get("config") if index.exists() else None
-        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": {"arch": arch} if arch else {}})
-    if phase in ("vae", "decoder"):
-        return {"vae": vae.state_dict(), "step": 0, "opt": None}
+        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": config})
+    if phase in ("vae", "decoder"):  # the folder's autoencoder (kl or tiny), whatever the command line's architecture says
+        return {"vae": vae.state_dict(), "step": 0, "opt": None, "config": config}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
     return {"unet": unet.state_dict(), "ema": unet.state_dict(), "encoder": load_file(folder / "token_encoder.safetensors"),
             "null_cond": load_file(folder / "null_cond.safetensors")["null_cond"], "step": 0, "opt": None}
