@@ -1,11 +1,15 @@
 """Training throughput of backbone candidates, float32 against bf16 autocast + channels_last.
 
-    python benchmarks/training_throughput.py [--threads 1] [--repeats 3] [--only unet|vae]
+    python benchmarks/training_throughput.py [--threads 1] [--repeats 3] [--only unet|vae] [--match TEXT]
+        [--batch-size 8] [--crop 128] [--precisions fp32,bf16] [--decode 768x512]
 
 Prints, per candidate, seconds per training step (forward, backward, AdamW) in each precision
 and their ratio, measured in one run (so a noisy machine affects both alike), and which
 precision ``egc_lite.precision`` picks here. On a CPU with AMX or AVX-512 BF16 the wide
 candidates gain most; on an AVX2-only CPU bf16 is emulated and loses everywhere.
+The VAE candidates include ``AutoencoderTiny`` (TAESD's class) beside ``AutoencoderKL``; with
+``--decode WxH`` each VAE candidate also reports the seconds to decode one latent of a W x H image
+without gradients (as :meth:`egc_lite.backbone.Backbone.decode` runs it in each precision).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import replace
 
 import torch
 
+from egc_lite.autoencoder import decoder_modules, vae_latent
 from egc_lite.precision import autocast, cpu_has_fast_bf16, prepare_module, resolve_precision
-from egc_lite.tiny import TinyBackboneConfig, build_unet, build_vae
+from egc_lite.tiny import TAESD_CHANNELS, TinyBackboneConfig, build_unet, build_vae
 
 UNET_CANDIDATES = {
     "unet (32, 64, 128) x1": TinyBackboneConfig(unet_channels=(32, 64, 128)),
@@ -28,6 +33,12 @@ VAE_CANDIDATES = {
     "vae (16, 32, 64, 128)": TinyBackboneConfig(),
     "vae (32, 64, 128, 128) 8 groups": TinyBackboneConfig(vae_channels=(32, 64, 128, 128), vae_norm_groups=8),
     "vae (64, 128, 256, 256) 16 groups": TinyBackboneConfig(vae_channels=(64, 128, 256, 256), vae_norm_groups=16),
+    "vae (64, 128, 256, 256) 8 groups, 8 latents": TinyBackboneConfig(vae_channels=(64, 128, 256, 256), vae_norm_groups=8,
+                                                                      latent_channels=8),
+    "taesd (64 x 4), 8 latents": TinyBackboneConfig(vae_type="tiny", vae_channels=TAESD_CHANNELS, latent_channels=8),
+    "taesd (64 x 4) blocks 1,2,2,2, 8 latents": TinyBackboneConfig(vae_type="tiny", vae_channels=TAESD_CHANNELS,
+                                                                  vae_blocks=(1, 2, 2, 2), latent_channels=8),
+    "taesd (32 x 4), 8 latents": TinyBackboneConfig(vae_type="tiny", vae_channels=(32,) * 4, latent_channels=8),
 }
 
 
@@ -64,9 +75,28 @@ def _vae_case(cfg: TinyBackboneConfig, batch_size: int, crop: int):
     x = torch.rand(batch_size, 3, crop, crop) * 2 - 1
 
     def loss(model, batch):
-        return (model.decode(model.encode(batch).latent_dist.mean).sample.float() - batch).abs().mean()
+        xx = batch.contiguous(memory_format=torch.channels_last) if next(model.parameters()).is_contiguous(
+            memory_format=torch.channels_last) else batch
+        return (model.decode(vae_latent(model, xx)).sample.float() - batch).abs().mean()
 
     return vae, x, loss
+
+
+def _decode_seconds(vae: torch.nn.Module, latent_channels: int, width: int, height: int, precision: str, repeats: int) -> float:
+    """Seconds to decode one latent of a ``width x height`` image without gradients (the decoder in
+    ``channels_last`` under bf16, as the backbone's inference does)."""
+    vae = vae.eval()
+    for module in decoder_modules(vae):
+        prepare_module(module, precision)
+    z = torch.randn(1, latent_channels, height // 8, width // 8)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first call builds oneDNN primitives: not counted
+            t0 = time.perf_counter()
+            with autocast("cpu", precision):
+                vae.decode(z)
+            times.append(time.perf_counter() - t0)
+    return min(times[1:])
 
 
 def main() -> None:
@@ -75,21 +105,36 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=("unet", "vae"), default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=128, help="VAE candidates: crop side")
+    ap.add_argument("--match", default=None, help="only the candidates whose name contains this text")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 or both")
+    ap.add_argument("--decode", default=None, help="VAE candidates: also time decoding one latent of a WxH image (e.g. 768x512)")
     args = ap.parse_args()
+    precisions = [p for p in args.precisions.split(",") if p]
     torch.set_num_threads(args.threads)
     print(f"CPU with fast bf16 (AMX or AVX-512 BF16): {cpu_has_fast_bf16()}; egc_lite picks {resolve_precision('cpu')} here; "
           f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} thread(s)")
     cases = []
     if args.only in (None, "unet"):
-        cases += [(name, _unet_case(replace(cfg), args.batch_size, 32)) for name, cfg in UNET_CANDIDATES.items()]
+        cases += [(name, cfg, _unet_case(replace(cfg), args.batch_size, 32)) for name, cfg in UNET_CANDIDATES.items()]
     if args.only in (None, "vae"):
-        cases += [(name, _vae_case(cfg, args.batch_size, 128)) for name, cfg in VAE_CANDIDATES.items()]
-    print(f"{'candidate':36s} {'params':>8s} {'fp32 s/step':>12s} {'bf16 s/step':>12s} {'bf16 speed-up':>14s}")
-    for name, (model, batch, loss) in cases:
+        cases += [(name, cfg, _vae_case(cfg, args.batch_size, args.crop)) for name, cfg in VAE_CANDIDATES.items()]
+    cases = [c for c in cases if args.match is None or args.match in c[0]]
+    print(f"batch {args.batch_size}, VAE crops {args.crop} px")
+    header = "".join(f" {p + ' s/step':>12s}" for p in precisions) + (f" {'speed-up':>10s}" if {"fp32", "bf16"} <= set(precisions) else "")
+    if args.decode:
+        header += "".join(f" {p + ' decode s':>14s}" for p in precisions)
+    print(f"{'candidate':44s} {'params':>8s}{header}")
+    for name, cfg, (model, batch, loss) in cases:
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        fp32 = _step_seconds(model, batch, loss, "fp32", args.repeats)
-        bf16 = _step_seconds(model, batch, loss, "bf16", args.repeats)
-        print(f"{name:36s} {params:7.1f}M {fp32:12.2f} {bf16:12.2f} {fp32 / bf16:13.2f}x", flush=True)
+        steps = {p: _step_seconds(model, batch, loss, p, args.repeats) for p in precisions}  # fp32 first: bf16 moves to channels_last
+        row = "".join(f" {steps[p]:12.2f}" for p in precisions)
+        if {"fp32", "bf16"} <= set(steps):
+            row += f" {steps['fp32'] / steps['bf16']:9.2f}x"
+        if args.decode and name in VAE_CANDIDATES:
+            w, h = (int(v) for v in args.decode.lower().split("x"))
+            row += "".join(f" {_decode_seconds(build_vae(cfg), cfg.latent_channels, w, h, p, args.repeats):14.2f}" for p in precisions)
+        print(f"{name:44s} {params:7.2f}M{row}", flush=True)
 
 
 if __name__ == "__main__":

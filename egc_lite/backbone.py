@@ -24,7 +24,8 @@ SD 2.1 at 768 px); :mod:`egc_lite.sampling` converts. Other kinds are refused wh
 * ``"egc-tiny"``: the small backbone shipped inside the package (offline, CPU friendly);
 * a local folder in the Stable Diffusion layout (``vae/``, ``unet/``, ``scheduler/``, and
   either ``null_cond.safetensors`` or ``text_encoder/`` + ``tokenizer/`` to compute the null
-  embedding once);
+  embedding once); ``vae/`` may hold an ``AutoencoderKL`` or an ``AutoencoderTiny`` (TAESD), the
+  class its ``config.json`` names;
 * a hub id such as ``"stabilityai/stable-diffusion-2-1-base"``: taken from the local Hugging Face
   cache; downloaded only when the hub answers within a couple of seconds;
 * ``"tiny-random"`` or ``"tiny-random:SEED"``: seeded random weights for tests.
@@ -41,12 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, UNet2DConditionModel
 
+from .autoencoder import AnyVAE, decoder_modules, enable_gradient_checkpointing, vae_class_in, vae_downsampling, vae_latent
 from .errors import ModelNotFoundError, ParameterError
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
-from .tiny import TEST_CONFIG, build_components
+from .tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
@@ -64,7 +66,7 @@ class Backbone:
 
     name: str
     backbone_id: str
-    vae: AutoencoderKL
+    vae: AnyVAE  # AutoencoderKL or AutoencoderTiny (egc_lite.autoencoder)
     unet: UNet2DConditionModel
     scheduler: DDIMScheduler
     null_cond: torch.Tensor  # (1, n_tokens, cond_dim)
@@ -94,8 +96,8 @@ class Backbone:
 
     @property
     def vae_factor(self) -> int:
-        """Spatial downsampling of the VAE (8 for Stable Diffusion and egc-tiny)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Spatial downsampling of the VAE (8 for Stable Diffusion, TAESD and egc-tiny)."""
+        return vae_downsampling(self.vae.config)
 
     @property
     def size_multiple(self) -> int:
@@ -112,11 +114,12 @@ class Backbone:
         return autocast(self.device, "bf16") if self.inference_precision == "bf16" else contextlib.nullcontext()
 
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
-        """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (posterior mean: deterministic). Never under autocast,
-        not even a caller's: codec B's compressor decides its symbols from :math:`z_0`."""
+        """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (an ``AutoencoderKL``'s posterior mean, an
+        ``AutoencoderTiny``'s latent: deterministic). Never under autocast, not even a caller's: codec B's
+        compressor decides its symbols from :math:`z_0`."""
         x = (x01 * 2 - 1).to(self.device, self.vae_dtype)
         with torch.autocast(self.device.type, enabled=False):
-            return self.vae.encode(x).latent_dist.mean.to(self.dtype) * self.latent_scale
+            return vae_latent(self.vae, x).to(self.dtype) * self.latent_scale
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """Image :math:`\\mathcal{D}(z_0/s)` in [0, 1], float32 (differentiable; not clamped), under
@@ -183,13 +186,12 @@ def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None
     unet = _to(unet, device, dtype).eval().requires_grad_(False)
     if device.type == "cuda":  # memory plan: recompute activations in passes that need gradients (README)
         unet.enable_gradient_checkpointing()
-        vae.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(vae)
     compute = decide_inference_precision(device, dtype, precision)
     if compute == "bf16":  # oneDNN's fast layout for the modules that run in bf16; the encoder keeps its own
         prepare_module(unet, compute)
-        prepare_module(vae.decoder, compute)
-        if getattr(vae, "post_quant_conv", None) is not None:
-            prepare_module(vae.post_quant_conv, compute)
+        for module in decoder_modules(vae):
+            prepare_module(module, compute)
     scale = float(getattr(vae.config, "scaling_factor", 1.0))
     if not isinstance(scheduler, DDIMScheduler):
         scheduler = DDIMScheduler.from_config(scheduler.config)
@@ -199,10 +201,11 @@ def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None
 
 
 def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                         precision: str = "auto") -> Backbone:
-    """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU)."""
+                         precision: str = "auto", cfg: TinyBackboneConfig = TEST_CONFIG) -> Backbone:
+    """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU); ``cfg`` picks
+    another small architecture (e.g. :data:`~egc_lite.tiny.TEST_TINY_AE_CONFIG`, with an ``AutoencoderTiny``)."""
     dev, dt = resolve_device(device, dtype)
-    c = build_components(TEST_CONFIG, seed=seed)
+    c = build_components(cfg, seed=seed)
     return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt, precision=precision)
 
 
@@ -249,7 +252,8 @@ def _load_folder(name: str, folder: Path, device, dtype, precision: str = "auto"
             f"{folder} is not a Stable Diffusion folder: missing {', '.join(s + '/' for s in missing)}; "
             "give a folder with vae/, unet/, scheduler/ (and text_encoder/ + tokenizer/ or null_cond.safetensors)"
         )
-    vae = _from_pretrained(AutoencoderKL, folder, "vae", "diffusion_pytorch_model", dtype)
+    # AutoencoderKL, or the AutoencoderTiny (TAESD) an SD user may put in vae/: the class its config.json names
+    vae = _from_pretrained(vae_class_in(folder / "vae"), folder, "vae", "diffusion_pytorch_model", dtype)
     unet = _from_pretrained(UNet2DConditionModel, folder, "unet", "diffusion_pytorch_model", dtype)
     try:
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)

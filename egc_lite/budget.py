@@ -71,12 +71,15 @@ def unet_bytes(cfg: dict, h: int, w: int, batch: int, elt: int = 4) -> int:
 
 
 def vae_decoder_bytes(cfg: dict, height: int, width: int, batch: int, elt: int = 4) -> int:
-    """Computed peak of the VAE decoder producing a ``height x width`` image."""
-    widths = list(cfg["block_out_channels"])
+    """Computed peak of the VAE decoder producing a ``height x width`` image: an ``AutoencoderKL``'s
+    (its mid block's attention unless ``mid_block_add_attention`` is off) or an ``AutoencoderTiny``'s
+    (no attention; its ``decoder_block_out_channels`` run coarse to fine)."""
+    tiny = "decoder_block_out_channels" in cfg
+    widths = list(reversed(cfg["decoder_block_out_channels"])) if tiny else list(cfg["block_out_channels"])
     maps = sum(MAPS_PER_LEVEL * batch * c * math.ceil(height / 2**i) * math.ceil(width / 2**i) * elt
                for i, c in enumerate(widths))
     attn = 0
-    if cfg.get("mid_block_add_attention", True):
+    if not tiny and cfg.get("mid_block_add_attention", True):
         tokens = math.ceil(height / 2 ** (len(widths) - 1)) * math.ceil(width / 2 ** (len(widths) - 1))
         attn = batch * tokens * tokens * 4
     return maps + attn

@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--lf-weight", type=float, default=0.0, help="vae/decoder: weight of the L1 between 8x8 block means (colour)")
     tb.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="auto: bf16 autocast only where the CPU (AMX, AVX-512 BF16) or GPU runs it fast")
-    for name, what in (("vae-channels", "VAE widths per level"), ("unet-channels", "UNet widths per level")):
+    tb.add_argument("--vae-type", choices=("kl", "tiny"), default=None,
+                    help="new run: the autoencoder, kl (AutoencoderKL, the default) or tiny (AutoencoderTiny, TAESD's class: "
+                         "plain convolutions, deterministic latent; widths 64,64,64,64 unless --vae-channels says)")
+    for name, what in (("vae-channels", "VAE widths per level"), ("unet-channels", "UNet widths per level"),
+                       ("vae-blocks", "AutoencoderTiny blocks per encoder level, fine to coarse (TAESD: 1,3,3,3)")):
         tb.add_argument(f"--{name}", type=_int_list, default=None, help=f"new run: {what}, comma-separated (e.g. 64,128,256,256)")
     for name, what in (("latent-channels", "latent channels"), ("vae-norm-groups", "VAE GroupNorm groups"),
                        ("unet-layers", "UNet ResNet layers per level"), ("unet-norm-groups", "UNet GroupNorm groups")):
@@ -335,11 +339,15 @@ def _arch_from_args(args: argparse.Namespace):
     """egc-tiny's default architecture with the command line's changes (a resumed phase keeps its checkpoint's)."""
     from dataclasses import replace
 
+    from .tiny import TAESD_CHANNELS
     from .train_backbone import EGC_TINY_CONFIG
 
-    names = {"vae_channels": "vae_channels", "unet_channels": "unet_channels", "latent_channels": "latent_channels",
-             "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block", "unet_norm_groups": "unet_norm_groups"}
+    names = {"vae_type": "vae_type", "vae_channels": "vae_channels", "vae_blocks": "vae_blocks", "unet_channels": "unet_channels",
+             "latent_channels": "latent_channels", "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block",
+             "unet_norm_groups": "unet_norm_groups"}
     changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    if changes.get("vae_type") == "tiny" and "vae_channels" not in changes:
+        changes["vae_channels"] = TAESD_CHANNELS
     return replace(EGC_TINY_CONFIG, **changes)
 
 

@@ -2,7 +2,9 @@
 
 Three phases, each resumable from ``<ckpt>/<phase>.pt``:
 
-1. ``vae``: the whole ``AutoencoderKL`` on random crops (L1 + MSE + a tiny KL weight).
+1. ``vae``: the whole autoencoder on random crops (L1 + MSE + a tiny KL weight); an
+   ``AutoencoderKL``, or with ``arch.vae_type="tiny"`` an ``AutoencoderTiny`` (deterministic latent:
+   no sampling, no KL term).
 2. ``decoder``: the encoder is frozen (the latent space no longer moves) and only the decoder
    keeps training, so it can run beside phase 3, and the UNet and the codecs trained on the
    latents stay valid.
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, vae_latent
 from .precision import autocast, prepare_module, resolve_precision
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
@@ -142,13 +145,10 @@ def _log(ckpt: Path, phase: str, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _encode_mean(vae, x01: torch.Tensor) -> torch.Tensor:
-    return vae.encode(x01 * 2 - 1).latent_dist.mean
-
-
 @torch.no_grad()
 def latent_bank(vae, sampler: CropSampler, path: Path, dev: torch.device) -> list[torch.Tensor]:
-    """Latents (posterior means, unscaled) of every pre-scaled photo, computed once and cached.
+    """Deterministic latents (:func:`~egc_lite.autoencoder.vae_latent`, unscaled) of every pre-scaled
+    photo, computed once and cached.
 
     The encoder is frozen once phase 1 ends, so UNet training crops these instead of encoding
     image crops at every step (a crop of the latent stands in for the latent of the crop).
@@ -160,7 +160,7 @@ def latent_bank(vae, sampler: CropSampler, path: Path, dev: torch.device) -> lis
         x = img[None].float().div(255).to(dev)
         h, w = x.shape[-2:]
         x = x[..., : h // 8 * 8, : w // 8 * 8]
-        bank.append(_encode_mean(vae, x)[0].cpu())
+        bank.append(vae_latent(vae, x * 2 - 1)[0].cpu())
     torch.save(bank, path)
     return bank
 
@@ -195,8 +195,11 @@ def start_with_small_posterior_noise(vae) -> None:
     measured on the (64, 128, 256, 256) VAE with 8 latent channels, after 500 steps (batch 4, 192-px
     crops) the standard deviation was still 0.3-0.9 against means of 0.3-1.8 and the crop PSNR had
     been flat at 17 dB for 250 steps. Starting nearly deterministic lets the latent carry the image
-    from the first step; the posterior means (what the codecs use) are unaffected.
+    from the first step; the posterior means (what the codecs use) are unaffected. ``AutoencoderKL``
+    only (an ``AutoencoderTiny``'s latent is deterministic already).
     """
+    if is_tiny(vae):
+        raise ValueError("an AutoencoderTiny has no posterior: its latent is deterministic already")
     c = vae.config.latent_channels
     with torch.no_grad():
         vae.quant_conv.bias[c:].fill_(INITIAL_LOGVAR)
@@ -204,7 +207,8 @@ def start_with_small_posterior_noise(vae) -> None:
 
 class ReconstructionLoss(nn.Module):
     """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}
-    + w_{lf}\\|p_8(x)-p_8(\\hat x)\\|_1` with a sampled latent (:math:`p_8`: 8x8 block means).
+    + w_{lf}\\|p_8(x)-p_8(\\hat x)\\|_1` with a sampled latent (:math:`p_8`: 8x8 block means); for an
+    ``AutoencoderTiny`` the latent is deterministic and the KL term is zero.
 
     ``forward`` returns the loss, its MSE and KL parts, and the reconstruction (for the critic).
     """
@@ -213,14 +217,20 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         self.vae, self.kl_weight, self.freeze_encoder, self.lf_weight = vae, kl_weight, freeze_encoder, lf_weight
         if freeze_encoder:
-            for m in (vae.encoder, vae.quant_conv):
+            for m in encoder_modules(vae):
                 m.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        kl = torch.zeros((), device=x.device)
         with torch.set_grad_enabled(not self.freeze_encoder and torch.is_grad_enabled()):
-            post = self.vae.encode(x * 2 - 1).latent_dist
-        kl = post.kl().mean() if not self.freeze_encoder else torch.zeros((), device=x.device)
-        xr = (self.vae.decode(post.sample()).sample.float() + 1) / 2
+            if is_tiny(self.vae):
+                z = self.vae.encode(x * 2 - 1).latents
+            else:
+                post = self.vae.encode(x * 2 - 1).latent_dist
+                z = post.sample()
+                if not self.freeze_encoder:
+                    kl = post.kl().mean()
+        xr = (self.vae.decode(z).sample.float() + 1) / 2
         mse = F.mse_loss(xr, x)
         loss = F.l1_loss(xr, x) + mse + self.kl_weight * kl
         if self.lf_weight > 0:
@@ -329,16 +339,17 @@ class DenoisingLoss(nn.Module):
 def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
     """A step-0 checkpoint built from an exported folder, so training can go on from shipped
     weights when the original checkpoints are gone (the optimizer starts afresh)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", local_files_only=True).float()
+    vae = load_vae(folder).float()
+    index = folder / "model_index.json"
+    arch = json.loads(index.read_text()).get("config") if index.exists() else None
+    config = {"arch": arch} if arch else {}
     if not (ckpt / "vae.pt").exists():  # later phases read the VAE (and its architecture) from here
-        index = folder / "model_index.json"
-        arch = json.loads(index.read_text()).get("config") if index.exists() else None
-        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": {"arch": arch} if arch else {}})
-    if phase in ("vae", "decoder"):
-        return {"vae": vae.state_dict(), "step": 0, "opt": None}
+        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": config})
+    if phase in ("vae", "decoder"):  # the folder's autoencoder (kl or tiny), whatever the command line's architecture says
+        return {"vae": vae.state_dict(), "step": 0, "opt": None, "config": config}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
     return {"unet": unet.state_dict(), "ema": unet.state_dict(), "encoder": load_file(folder / "token_encoder.safetensors"),
             "null_cond": load_file(folder / "null_cond.safetensors")["null_cond"], "step": 0, "opt": None}
@@ -424,7 +435,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
             vae.load_state_dict(state["vae"])
         elif cfg.phase == "decoder":
             vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
-        else:
+        elif not is_tiny(vae):
             start_with_small_posterior_noise(vae)
         model = ReconstructionLoss(vae, cfg.kl_weight, freeze_encoder=cfg.phase == "decoder", lf_weight=cfg.lf_weight)
         extra: dict = {}
@@ -489,7 +500,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
                     gen_loss = -critic(xr).float().mean()
                     critic.requires_grad_(True)
             if adversarial:
-                weight = cfg.adv_weight * adaptive_adversarial_weight(loss, gen_loss, acc.unwrap_model(model).vae.decoder.conv_out.weight)
+                weight = cfg.adv_weight * adaptive_adversarial_weight(loss, gen_loss, decoder_last_layer(acc.unwrap_model(model).vae))
                 loss = loss + weight * gen_loss
             record = {"mse": mse, "kl": kl}
         opt.zero_grad(set_to_none=True)
@@ -536,7 +547,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
 
 
 # ---------------------------------------------------------------------------------- export
-VAE_FIELDS = ("vae_channels", "vae_layers_per_block", "vae_norm_groups", "latent_channels")
+VAE_FIELDS = ("vae_type", "vae_channels", "vae_layers_per_block", "vae_norm_groups", "vae_blocks", "latent_channels")
 
 
 def run_arch(cfg: BackboneTrainConfig, ckpt: Path, state: dict | None) -> TinyBackboneConfig:
@@ -561,7 +572,7 @@ def checkpoint_arch(state: dict) -> TinyBackboneConfig:
 
 
 def vae_from_checkpoint(path: str | Path):
-    """The float32 ``AutoencoderKL`` of a ``vae.pt`` / ``decoder.pt`` training checkpoint (for measuring it before export)."""
+    """The float32 autoencoder (``AutoencoderKL`` or ``AutoencoderTiny``) of a ``vae.pt`` / ``decoder.pt`` training checkpoint (for measuring it before export)."""
     from .tiny import build_vae
 
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -577,8 +588,6 @@ def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     Meant for a decoder fine-tune (phase ``decoder``): the encoder, and so the latent space that
     the UNet and the codecs were trained on, is unchanged; only the images decoded from it change.
     """
-    from diffusers import AutoencoderKL
-
     from .errors import ModelNotFoundError, ParameterError
 
     ckpt, out = Path(ckpt_dir), Path(out_dir)
@@ -586,7 +595,7 @@ def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
         raise ModelNotFoundError(f"{out} has no vae/: export the whole backbone first (egc train export without --vae-only)")
     if not any((ckpt / f).exists() for f in ("decoder.pt", "vae.pt")):
         raise ModelNotFoundError(f"{ckpt} holds no decoder.pt or vae.pt: train the vae or decoder phase first")
-    vae = AutoencoderKL.from_pretrained(out, subfolder="vae", local_files_only=True)
+    vae = load_vae(out)
     state = torch.load(ckpt / ("decoder.pt" if (ckpt / "decoder.pt").exists() else "vae.pt"), map_location="cpu", weights_only=False)
     encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
     vae.load_state_dict(state["vae"])

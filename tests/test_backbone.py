@@ -215,3 +215,44 @@ def test_bf16_decode_is_deterministic_and_close_to_float32(tiny_by_precision):
     diff = a - ref
     assert float(diff.abs().max()) > 0
     assert float(diff.pow(2).mean().sqrt() / ref.std()) < 0.06 and float(diff.abs().max()) < 0.1
+
+
+def test_backbone_with_a_tiny_autoencoder_round_trips_through_a_folder(tmp_path, smooth_image):
+    """An AutoencoderTiny backbone: deterministic /8 latents, the class kept by save and load, the same id."""
+    from diffusers import AutoencoderTiny
+
+    from egc_lite.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
+
+    b = tiny_random_backbone(seed=0, cfg=TEST_TINY_AE_CONFIG, precision="fp32")
+    assert isinstance(b.vae, AutoencoderTiny) and b.vae_factor == 8 and b.size_multiple == 16
+    assert b.backbone_id != tiny_random_backbone(seed=0).backbone_id  # another autoencoder: another id
+    x = smooth_image(64, 48, seed=1, batch=1)
+    with torch.no_grad():
+        z = b.encode(x)
+        assert z.shape == (1, 4, 8, 6) and torch.equal(z, b.encode(x))
+        y = b.decode(z)
+    assert y.shape == (1, 3, 64, 48) and torch.isfinite(y).all()
+    again = load_backbone(str(save_backbone(b, tmp_path / "bb")), device="cpu", precision="fp32")
+    assert isinstance(again.vae, AutoencoderTiny) and again.backbone_id == b.backbone_id
+    with torch.no_grad():
+        assert torch.equal(again.encode(x), z) and torch.equal(again.decode(z), y)
+    # in an SD folder (a user's TAESD in vae/), also one holding only float16 weights
+    sd = write_tiny_sd_folder(tmp_path / "sd-taesd", seed=2, cfg=TEST_TINY_AE_CONFIG)
+    half = write_fp16_variant_folder(sd, tmp_path / "sd-taesd-fp16")
+    full, fp16 = (load_backbone(str(folder), device="cpu") for folder in (sd, half))
+    for loaded in (full, fp16):
+        assert isinstance(loaded.vae, AutoencoderTiny) and loaded.vae_dtype == torch.float32 and loaded.bos
+    assert all(torch.equal(p.half(), q.half()) for p, q in zip(full.vae.state_dict().values(), fp16.vae.state_dict().values()))
+
+
+def test_bf16_inference_puts_the_tiny_decoder_in_channels_last():
+    from egc_lite.tiny import TEST_TINY_AE_CONFIG
+
+    b = tiny_random_backbone(seed=0, cfg=TEST_TINY_AE_CONFIG, precision="bf16")
+    first = b.vae.decoder.layers[0].weight
+    assert b.inference_precision == "bf16" and first.is_contiguous(memory_format=torch.channels_last)
+    assert b.vae.encoder.layers[0].weight.is_contiguous()  # the encoder stays as built (float32 path)
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        fp32 = tiny_random_backbone(seed=0, cfg=TEST_TINY_AE_CONFIG, precision="fp32").decode(z)
+        assert torch.allclose(b.decode(z), fp32, atol=0.05)

@@ -20,16 +20,18 @@ from egc_lite.errors import EGCWarning
 from egc_lite.sampling import SamplerConfig
 from egc_lite.textual_inversion import InversionConfig
 
-LAYOUTS = ["sd15", "sd21-base", "sd21", "sd15-fp16"]
+LAYOUTS = ["sd15", "sd21-base", "sd21", "sd15-fp16", "sd15-taesd"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from egc_lite.tiny import write_fp16_variant_folder, write_tiny_sd_folder
+    from egc_lite.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
 
     root = tmp_path_factory.mktemp("sd-layouts")
     out = {name: write_tiny_sd_folder(root / name, seed=1, layout=name) for name in ("sd15", "sd21-base", "sd21")}
     out["sd15-fp16"] = write_fp16_variant_folder(out["sd15"], root / "sd15-fp16")
+    # SD 1.5 with a TAESD (AutoencoderTiny) in vae/, as a user swaps in a fast autoencoder
+    out["sd15-taesd"] = write_tiny_sd_folder(root / "sd15-taesd", seed=1, layout="sd15", cfg=TEST_TINY_AE_CONFIG)
     return out
 
 
@@ -39,6 +41,7 @@ def test_both_codecs_round_trip_on_each_layout(folders, layout, smooth_image):
     from egc_lite.entropy import update_tables
 
     b = load_backbone(str(folders[layout]), device="cpu")
+    assert type(b.vae).__name__ == ("AutoencoderTiny" if layout.endswith("taesd") else "AutoencoderKL")
     assert b.bos and b.n_tokens == 77 and b.cond_dim == (768 if layout.startswith("sd15") else 1024)
     assert b.prediction_type == ("v_prediction" if layout == "sd21" else "epsilon")
     x = smooth_image(256, 256, seed=2)

@@ -13,13 +13,14 @@ from PIL import Image
 from egc_lite.backbone import load_backbone
 from egc_lite.cli import main
 from egc_lite.sampling import SamplerConfig, ddim_sample
-from egc_lite.tiny import TEST_CONFIG, ImageTokenEncoder, build_components, build_unet
+from egc_lite.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, ImageTokenEncoder, build_components, build_unet
 from egc_lite.train_backbone import (
     BackboneTrainConfig,
     DenoisingLoss,
     _load_unet,
     _param_groups,
     _regroup_optimizer_state,
+    checkpoint_arch,
     export_backbone,
     export_vae,
     train,
@@ -248,3 +249,91 @@ def test_a_new_vae_starts_with_small_posterior_noise():
     assert torch.equal(before.mean, after.mean)  # what the codecs read is unchanged
     assert float(after.std.max()) < 0.1 < float(before.std.mean())
     assert abs(float(after.logvar.mean()) - INITIAL_LOGVAR) < 0.5
+
+
+def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_path, smooth_image):
+    """vae_type "tiny": the vae phase (deterministic latent, no KL) resumes, the decoder phase keeps its encoder
+    and balances the critic at its last layer, the unet phase takes the autoencoder from vae.pt; the export loads
+    as an AutoencoderTiny backbone, on which codec A and codec B compress and decompress."""
+    from diffusers import AutoencoderTiny
+
+    from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec, TextInvConfig
+    from egc_lite.diffeic import DiffEICConfig, DiffEICModel
+    from egc_lite.entropy import update_tables
+    from egc_lite.textual_inversion import InversionConfig
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        Image.fromarray((torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()).save(photos / f"{i}.png")
+    ckpt = tmp_path / "ckpt"
+    common = dict(ckpt_dir=str(ckpt), data_dir=str(photos), batch_size=2, crop=64, log_every=1, save_every=1, precision="fp32")
+    train(BackboneTrainConfig(phase="vae", steps=2, arch=TEST_TINY_AE_CONFIG, **common))
+    first = torch.load(ckpt / "vae.pt", weights_only=False)
+    assert first["step"] == 2 and checkpoint_arch(first) == TEST_TINY_AE_CONFIG
+    assert "encoder.layers.0.weight" in first["vae"] and not any(k.startswith("quant_conv.") for k in first["vae"])
+    train(BackboneTrainConfig(phase="vae", steps=4, arch=TEST_CONFIG, **common))  # resumed: the checkpoint's autoencoder
+    resumed = torch.load(ckpt / "vae.pt", weights_only=False)
+    assert resumed["step"] == 4 and checkpoint_arch(resumed).vae_type == "tiny"
+    assert not torch.equal(resumed["vae"]["encoder.layers.0.weight"], first["vae"]["encoder.layers.0.weight"])
+    log = [json.loads(line) for line in (ckpt / "vae_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all(r["kl"] == 0.0 and 0 < r["psnr"] < 60 for r in log)  # deterministic: no KL term
+    adv = dict(common, arch=TEST_CONFIG, adv_weight=0.1, adv_start=1, lf_weight=1.0)
+    train(BackboneTrainConfig(phase="decoder", steps=2, **adv))
+    dec = torch.load(ckpt / "decoder.pt", weights_only=False)
+    dlog = [json.loads(line) for line in (ckpt / "decoder_log.jsonl").read_text().splitlines()]
+    assert "critic" not in dlog[0] and dlog[1]["critic"] > 0 and dlog[1]["adv_weight"] > 0
+    assert all(torch.equal(v, resumed["vae"][k]) for k, v in dec["vae"].items() if k.startswith("encoder."))
+    assert any(not torch.equal(v, resumed["vae"][k]) for k, v in dec["vae"].items() if k.startswith("decoder."))
+    train(BackboneTrainConfig(phase="unet", steps=2, arch=TEST_CONFIG, **common))  # the autoencoder comes from vae.pt
+    out = export_backbone(ckpt, tmp_path / "exported")
+    assert json.loads((out / "model_index.json").read_text())["config"]["vae_type"] == "tiny"
+    b = load_backbone(str(out), device="cpu")
+    assert isinstance(b.vae, AutoencoderTiny) and b.latent_scale > 0 and b.vae_factor == 8
+    assert abs(b.latent_scale - torch.load(ckpt / "unet.pt", weights_only=False)["latent_scale"]) < 1e-2 * b.latent_scale
+    x = smooth_image(64, 64, seed=2)
+    codec_a = TextInvCodec(b, TextInvConfig(inversion=InversionConfig(steps=2), sampler=SamplerConfig(steps=2, guidance_scale=2.0)))
+    bs = codec_a.compress(x, CompressOptions(bpp=0.5, steps=2, seed=1))
+    ya = codec_a.decompress(bs)
+    assert bs.backbone_id == b.backbone_id and ya.shape == (3, 64, 64) and torch.equal(ya, codec_a.decompress(bs))
+    model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), b, seed=0).eval()
+    update_tables(model.compressor, update_quantiles=True)
+    codec_b = DiffEICCodec(b, model=model)
+    yb = codec_b.decompress(codec_b.compress(x, CompressOptions(steps=2)))
+    assert yb.shape == (3, 64, 64) and bool(torch.isfinite(yb).all())
+    # the decoder alone goes into the exported folder: same latents, other images
+    before = load_backbone(str(out), device="cpu")
+    train(BackboneTrainConfig(phase="decoder", steps=3, **adv))
+    export_vae(ckpt, out)
+    after = load_backbone(str(out), device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(before.encode(x[None]), after.encode(x[None]), atol=1e-2)
+        assert not torch.allclose(before.decode(before.encode(x[None])), after.decode(after.encode(x[None])), atol=1e-4)
+    # training goes on from the exported folder when the checkpoints are gone
+    fresh = tmp_path / "fresh"
+    train(BackboneTrainConfig(phase="vae", steps=1, **dict(common, ckpt_dir=str(fresh), init_from=str(out), arch=TEST_CONFIG)))
+    assert checkpoint_arch(torch.load(fresh / "vae.pt", weights_only=False)).vae_type == "tiny"
+
+
+def test_cli_vae_type_tiny_builds_taesds_autoencoder_and_refuses_uneven_widths(capsys):
+    import argparse
+
+    from egc_lite.cli import _arch_from_args, build_parser
+
+    def arch(*extra: str) -> argparse.Namespace:
+        return _arch_from_args(build_parser().parse_args(["train", "backbone", "--phase", "vae", *extra]))
+
+    assert arch().vae_type == "kl" and arch().vae_channels == (16, 32, 64, 128)  # unchanged default
+    tiny = arch("--vae-type", "tiny", "--latent-channels", "8")
+    assert (tiny.vae_type, tiny.vae_channels, tiny.vae_blocks, tiny.latent_channels) == ("tiny", (64,) * 4, (1, 3, 3, 3), 8)
+    small = arch("--vae-type", "tiny", "--vae-channels", "32,32,32,32", "--vae-blocks", "1,2,2,2")
+    assert (small.vae_channels, small.vae_blocks) == ((32,) * 4, (1, 2, 2, 2))
+    assert main(["train", "backbone", "--phase", "vae", "--vae-type", "tiny", "--vae-channels", "64,128,256,256", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("egc: error:") and "one width on every level" in err and err.count("\n") == 1
+
+
+def test_checkpoints_from_before_the_autoencoder_type_are_kl():
+    state = {"config": {"arch": {k: v for k, v in TEST_CONFIG.to_dict().items() if k not in ("vae_type", "vae_blocks")}}}
+    assert checkpoint_arch(state) == TEST_CONFIG and checkpoint_arch(state).vae_type == "kl"

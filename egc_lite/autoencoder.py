@@ -1,0 +1,92 @@
+"""The two autoencoder classes the kit runs, behind one small interface.
+
+* ``AutoencoderKL``: Stable Diffusion's VAE (egc-tiny's default): GroupNorm, a mid block, a Gaussian
+  posterior whose mean is the latent the kit reads.
+* ``AutoencoderTiny``: TAESD's class (plain 3x3 convolutions and ReLUs, no normalisation, a
+  deterministic latent; Stable Diffusion users load it as a fast decoder). Its encoder keeps one width
+  on every level (diffusers builds it so), and its decoder soft-clamps latents to [-3, 3].
+
+Both map images in [-1, 1] to latents /8 and back; the UNet sees ``latent * scaling_factor`` for
+both (TAESD's released weights carry ``scaling_factor`` 1.0: their latents are already SD's scaled ones).
+Code that needs a property of "the VAE" asks this module instead of an attribute of one class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny
+from torch import nn
+
+from .errors import ModelNotFoundError
+
+#: The classes a ``vae/`` folder may name in its ``config.json`` (``_class_name``).
+VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+AnyVAE = AutoencoderKL | AutoencoderTiny
+
+
+def is_tiny(vae: nn.Module) -> bool:
+    """Whether ``vae`` is an ``AutoencoderTiny`` (deterministic latent, no KL term)."""
+    return isinstance(vae, AutoencoderTiny)
+
+
+def vae_latent(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The deterministic, unscaled latent of images ``x`` in [-1, 1]: the posterior mean of an
+    ``AutoencoderKL``, the output of an ``AutoencoderTiny``."""
+    out = vae.encode(x)
+    return out.latents if is_tiny(vae) else out.latent_dist.mean
+
+
+def vae_downsampling(config) -> int:
+    """Spatial factor between image and latent (8 for SD, TAESD and egc-tiny), from a VAE's config."""
+    cfg = dict(config)
+    widths = cfg.get("encoder_block_out_channels") or cfg["block_out_channels"]
+    return 2 ** (len(widths) - 1)
+
+
+def encoder_modules(vae: nn.Module) -> list[nn.Module]:
+    """The modules that make the latent (frozen when only the decoder trains)."""
+    return [vae.encoder] if is_tiny(vae) else [vae.encoder, vae.quant_conv]
+
+
+def decoder_modules(vae: nn.Module) -> list[nn.Module]:
+    """The modules that turn a latent into an image (those that run in bf16 at inference)."""
+    post = getattr(vae, "post_quant_conv", None)
+    return [vae.decoder] if post is None else [post, vae.decoder]
+
+
+def decoder_last_layer(vae: nn.Module) -> nn.Parameter:
+    """The weight of the decoder's last convolution (where the adversarial weight is balanced)."""
+    return vae.decoder.layers[-1].weight if is_tiny(vae) else vae.decoder.conv_out.weight
+
+
+def enable_gradient_checkpointing(vae: nn.Module) -> None:
+    """Recompute activations in backward passes; for ``AutoencoderTiny`` in the decoder only, since
+    diffusers 0.42's ``EncoderTiny`` skips its [-1, 1] -> [0, 1] input rescaling on the checkpointed
+    path (a checkpointed encoder would return another latent when gradients are on)."""
+    vae.enable_gradient_checkpointing()
+    if is_tiny(vae):
+        vae.encoder.gradient_checkpointing = False
+
+
+def vae_class_in(folder: Path) -> type:
+    """The class a ``vae/`` folder's ``config.json`` names (``AutoencoderKL`` when it names none, or when
+    the file is missing: loading then fails with diffusers' message)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return AutoencoderKL
+    try:
+        name = json.loads(path.read_text()).get("_class_name", "AutoencoderKL")
+    except (ValueError, AttributeError) as exc:
+        raise ModelNotFoundError(f"cannot read {path}: {exc}") from None
+    if name not in VAE_CLASSES:
+        raise ModelNotFoundError(f"{path} names {name!r}: egc_lite runs the autoencoders {', '.join(VAE_CLASSES)}")
+    return VAE_CLASSES[name]
+
+
+def load_vae(folder: Path, subfolder: str = "vae", **kw) -> AnyVAE:
+    """``from_pretrained`` of ``folder/subfolder`` with the class its config names (local files only)."""
+    cls = vae_class_in(Path(folder) / subfolder)
+    return cls.from_pretrained(folder, subfolder=subfolder, local_files_only=True, **kw)
