@@ -50,6 +50,19 @@ def tiny_by_precision():
         return {p: tiny_random_backbone(seed=0, device="cpu", precision=p) for p in ("fp32", "bf16")}
 
 
+@pytest.fixture
+def photo_folder(tmp_path):
+    """``tmp_path/photos`` holding two seeded random 112x80 "photos": the folder the training code reads."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        Image.fromarray((torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory):
     """A tiny random model saved in Stable Diffusion's folder layout, text encoder included."""

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from egc_lite.diffeic import (
     LEGACY_FIELDS,
@@ -243,21 +242,12 @@ def test_save_load_round_trip(tmp_path, model, batch, tiny_backbone):
         load_diffeic(tmp_path / "nothing", tiny_backbone)
 
 
-def _photos(folder: Path, n: int = 2) -> Path:
-    folder.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        arr = (torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()
-        Image.fromarray(arr).save(folder / f"{i}.png")
-    return folder
-
-
-def test_train_resume_export_load_and_decode(tmp_path, tiny_backbone):
+def test_train_resume_export_load_and_decode(tmp_path, photo_folder, tiny_backbone):
     from egc_lite.cli import main
     from egc_lite.codecs import CompressOptions
     from egc_lite.codecs.diffeic import DiffEICCodec
 
-    photos = _photos(tmp_path / "photos")
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     common = dict(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0), batch_size=2,
                   crop=64, log_every=1, save_every=1)
@@ -284,8 +274,8 @@ def test_train_resume_export_load_and_decode(tmp_path, tiny_backbone):
         export_diffeic(tmp_path / "none", tmp_path / "out")
 
 
-def test_init_from_another_rate_point(tmp_path, tiny_backbone):
-    photos = _photos(tmp_path / "photos")
+def test_init_from_another_rate_point(tmp_path, photo_folder, tiny_backbone):
+    photos = photo_folder
     common = dict(data_dir=str(photos), batch_size=2, crop=64, steps=1, log_every=1)
     src = tmp_path / "lambda1"
     train_diffeic(DiffEICTrainConfig(ckpt_dir=str(src), model=DiffEICConfig(N=8, M=8, lmbda=1.0), **common), tiny_backbone)
@@ -521,7 +511,7 @@ def test_decode_in_another_process_is_bit_exact(tmp_path, model, variants, tiny_
     assert torch.equal(torch.load(tmp_path / "c.pt"), c_here)
 
 
-def test_a_float16_unet_trains_with_loss_scaling(tmp_path, tiny_backbone):
+def test_a_float16_unet_trains_with_loss_scaling(tmp_path, photo_folder, tiny_backbone):
     """Issue 11, fault 6: the control module learns through a float16 UNet even where its gradients
     are below float16's smallest number (they would flush to zero without loss scaling)."""
     import copy
@@ -535,7 +525,7 @@ def test_a_float16_unet_trains_with_loss_scaling(tmp_path, tiny_backbone):
         backbone.unet.conv_norm_out.weight.mul_(1e-3)
         backbone.unet.conv_norm_out.bias.mul_(1e-3)
     assert training_precision("cpu", torch.float16) == "fp16" and training_precision("cpu", torch.float32, "fp32") == "fp32"
-    photos = _photos(tmp_path / "photos")
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0),
                                      batch_size=2, crop=64, steps=2, lr=1e-3, log_every=1, save_every=1), backbone)
@@ -546,8 +536,8 @@ def test_a_float16_unet_trains_with_loss_scaling(tmp_path, tiny_backbone):
     assert next(backbone.unet.parameters()).dtype == torch.float16  # the frozen UNet stays as loaded
 
 
-def test_bf16_training_keeps_the_rate_in_float32(tmp_path, tiny_backbone):
-    photos = _photos(tmp_path / "photos")
+def test_bf16_training_keeps_the_rate_in_float32(tmp_path, photo_folder, tiny_backbone):
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photos), model=DiffEICConfig(N=8, M=8, lmbda=1.0),
                                      batch_size=2, crop=64, steps=1, log_every=1, precision="bf16"), tiny_backbone)
@@ -556,7 +546,7 @@ def test_bf16_training_keeps_the_rate_in_float32(tmp_path, tiny_backbone):
 
 
 # ---------------------------------------------------------------- issue 11, faults 5 and 7
-def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, tiny_backbone, monkeypatch):
+def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, photo_folder, tiny_backbone, monkeypatch):
     """Fault 5: `egc train diffeic-export --quality N` overwrote the package's weights/diffeic/qN (egc-tiny's
     shipped points, whatever backbone the checkpoint was trained on); it now writes <root>/<backbone id>/qN."""
     import hashlib
@@ -573,7 +563,7 @@ def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, tiny_b
         (DIFFEIC_WEIGHTS / f"q{q}" / "model.safetensors").write_bytes(b"shipped weights")
     monkeypatch.setattr(codec_b, "DIFFEIC_WEIGHTS", DIFFEIC_WEIGHTS)
     ckpt = tmp_path / "ckpt"
-    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(_photos(tmp_path / "photos")),
+    train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photo_folder),
                                      model=DiffEICConfig(N=8, M=8, lmbda=4.0), steps=1, batch_size=1, crop=64), tiny_backbone)
 
     def shipped() -> dict:

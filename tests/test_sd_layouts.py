@@ -132,13 +132,9 @@ def test_prior_fitting_never_writes_into_the_model_folder(tmp_path, folders, mon
     assert EmbeddingPrior.for_backbone(b).fitted
 
 
-def test_two_process_training_keeps_ranks_equal(tmp_path, folders):
+def test_two_process_training_keeps_ranks_equal(tmp_path, folders, photo_folder):
     """Fault 7: `accelerate launch --cpu --num_processes 2`, two steps of codec B on a tiny SD folder."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        Image.fromarray((torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()).save(photos / f"{i}.png")
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     # `--cpu` alone runs one process (accelerate needs MPI for several CPU ranks): torchrun via --multi_gpu,
     # with every rank on the CPU (ACCELERATE_USE_CPU, and --device cpu), gives two gloo ranks

@@ -27,13 +27,8 @@ from egc_lite.train_backbone import (
 )
 
 
-def test_two_steps_per_phase_resume_and_export(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        arr = (torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()
-        Image.fromarray(arr).save(photos / f"{i}.png")
+def test_two_steps_per_phase_resume_and_export(tmp_path, photo_folder):
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     common = dict(ckpt_dir=str(ckpt), data_dir=str(photos), batch_size=2, crop=64, arch=TEST_CONFIG, log_every=1, save_every=1)
     train(BackboneTrainConfig(phase="vae", steps=2, **common))
@@ -251,7 +246,7 @@ def test_a_new_vae_starts_with_small_posterior_noise():
     assert abs(float(after.logvar.mean()) - INITIAL_LOGVAR) < 0.5
 
 
-def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_path, smooth_image):
+def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_path, photo_folder, smooth_image):
     """vae_type "tiny": the vae phase (deterministic latent, no KL) resumes, the decoder phase keeps its encoder
     and balances the critic at its last layer, the unet phase takes the autoencoder from vae.pt; the export loads
     as an AutoencoderTiny backbone, on which codec A and codec B compress and decompress."""
@@ -262,11 +257,7 @@ def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_p
     from egc_lite.entropy import update_tables
     from egc_lite.textual_inversion import InversionConfig
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        Image.fromarray((torch.rand(80, 112, 3, generator=g) * 255).byte().numpy()).save(photos / f"{i}.png")
+    photos = photo_folder
     ckpt = tmp_path / "ckpt"
     common = dict(ckpt_dir=str(ckpt), data_dir=str(photos), batch_size=2, crop=64, log_every=1, save_every=1, precision="fp32")
     train(BackboneTrainConfig(phase="vae", steps=2, arch=TEST_TINY_AE_CONFIG, **common))
