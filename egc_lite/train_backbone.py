@@ -556,8 +556,10 @@ def run_arch(cfg: BackboneTrainConfig, ckpt: Path, state: dict | None) -> TinyBa
     if state is not None and state.get("config", {}).get("arch") is not None:
         return checkpoint_arch(state)
     arch = cfg.arch
-    vae_state = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False) if (ckpt / "vae.pt").exists() else {}
-    if cfg.phase in ("decoder", "unet") and vae_state.get("config", {}).get("arch") is not None:
+    if cfg.phase not in ("decoder", "unet") or not (ckpt / "vae.pt").exists():
+        return arch
+    vae_state = torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)
+    if vae_state.get("config", {}).get("arch") is not None:
         vae_arch = checkpoint_arch(vae_state)
         arch = replace(arch, **{k: getattr(vae_arch, k) for k in VAE_FIELDS})
     return arch
