@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=None, help="sampling steps stored in the file")
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
+    c.add_argument("--guidance-mode", choices=("fast", "full", "latent"), default=None,
+                   help="textinv: compression guidance on the decoded estimate (fast: the paper's, default; full: also "
+                        "through the UNet) or the cheaper latent shortcut (no decoder pass)")
     c.add_argument("--start-step", type=int, default=None,
                    help="diffeic: start from the content variables at this step (default: 60%% of the steps; 0: from noise)")
     c.add_argument("--eta", type=float, default=None, help="diffeic: 0 = DDIM steps (default), 1 = ancestral DDPM-like steps")
@@ -194,6 +197,7 @@ def _add_eval_and_sweep(sub) -> None:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--sf", type=float, default=None)
     e.add_argument("--sc", type=float, default=None)
+    e.add_argument("--guidance-mode", choices=("fast", "full", "latent"), default=None, help="textinv: compression guidance mode")
     e.add_argument("--start-step", type=int, default=None)
     e.add_argument("--eta", type=float, default=None)
     e.add_argument("--inversion-steps", type=int, default=None)
@@ -226,7 +230,7 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate.runner import CodecOverrides, EvalConfig, run_eval
 
-    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, start_step=args.start_step, eta=args.eta,
+    ov = CodecOverrides(steps=args.steps, sf=args.sf, sc=args.sc, guidance_mode=args.guidance_mode, start_step=args.start_step, eta=args.eta,
                         inversion_steps=args.inversion_steps, seed=args.seed)
     cfg = EvalConfig(out=args.out, codecs=tuple(args.codecs), bpp=tuple(args.bpp), quality=tuple(args.quality),
                      images=args.images, limit=args.limit, max_side=args.max_side, backbone=args.backbone,
@@ -275,7 +279,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     x = load_image(args.image)
     opts = CompressOptions(bpp=args.bpp, quality=args.quality, seed=args.seed, steps=args.steps,
-                           guidance_scale=args.sf, compression_guidance=args.sc, start_step=args.start_step, eta=args.eta,
+                           guidance_scale=args.sf, compression_guidance=args.sc, guidance_mode=args.guidance_mode, start_step=args.start_step, eta=args.eta,
                            inversion_steps=args.inversion_steps, consistency=args.consistency,
                            consistency_until=args.consistency_until)
     codec = _make_codec(args.codec, args)

@@ -49,6 +49,23 @@ def test_textinv_through_cli_with_tiny_backbone(tmp_path, image_file, capsys):
     assert "seed" in capsys.readouterr().out
 
 
+def test_textinv_guidance_mode_goes_into_the_header(tmp_path, image_file):
+    """``--guidance-mode`` picks codec A's compression guidance (stored as ``gm``); a mode not offered is refused."""
+    from egc_lite.bitstream import read_bitstream
+    from egc_lite.guidance import GUIDANCE_MODES
+
+    args = ["--backbone", "tiny-random", "--device", "cpu", "--no-progress", "--bpp", "0.3", "--steps", "2", "--inversion-steps", "1"]
+    modes = {}
+    for mode in ("latent", "fast"):
+        out = tmp_path / f"{mode}.egc"
+        assert main(["compress", str(image_file), "-o", str(out), "--codec", "textinv", "--guidance-mode", mode] + args) == 0
+        modes[mode] = GUIDANCE_MODES[read_bitstream(out).params["gm"]]
+    assert modes == {"latent": "latent", "fast": "fast"}
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", str(image_file), "-o", str(tmp_path / "x.egc"), "--codec", "textinv", "--guidance-mode", "exact"] + args)
+    assert exc.value.code == 2
+
+
 def test_diffeic_through_cli_stores_start_step_and_eta(tmp_path, image_file, capsys):
     """Codec B with a shipped egc-tiny rate point: --start-step and --eta go into the header (info shows them)."""
     from egc_lite.bitstream import read_bitstream

@@ -124,6 +124,8 @@ class TextInvCodec(Codec):
         s.validate()
         check_steps(self.backbone, s.steps)
         g = cfg.guidance if options.compression_guidance is None else replace(cfg.guidance, scale=options.compression_guidance)
+        if options.guidance_mode is not None:
+            g = replace(g, mode=options.guidance_mode)
         g.validate()
         c = cfg.consistency
         if options.consistency is not None:

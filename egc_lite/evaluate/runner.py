@@ -69,6 +69,7 @@ class CodecOverrides:
     steps: int | None = None
     sf: float | None = None
     sc: float | None = None
+    guidance_mode: str | None = None
     start_step: int | None = None
     eta: float | None = None
     inversion_steps: int | None = None
@@ -76,10 +77,10 @@ class CodecOverrides:
 
     def label(self, codec: str) -> str:
         """``"sc=0 steps=10"``: the fields ``codec`` reads that differ from its defaults (empty for classic codecs)."""
-        reads = {"textinv": ("sc", "sf", "steps", "inv"), "diffeic": ("steps", "start", "eta")}.get(codec, ())
-        values = {"sc": self.sc, "sf": self.sf, "steps": self.steps, "start": self.start_step, "eta": self.eta,
+        reads = {"textinv": ("sc", "mode", "sf", "steps", "inv"), "diffeic": ("steps", "start", "eta")}.get(codec, ())
+        values = {"sc": self.sc, "mode": self.guidance_mode, "sf": self.sf, "steps": self.steps, "start": self.start_step, "eta": self.eta,
                   "inv": self.inversion_steps}
-        parts = [f"{k}={values[k]:g}" for k in reads if values[k] is not None]
+        parts = [f"{k}={values[k]:g}" if k != "mode" else f"{k}={values[k]}" for k in reads if values[k] is not None]
         return " ".join(parts + ([f"seed={self.seed}"] if self.seed and reads else []))
 
 
@@ -258,6 +259,7 @@ def _run_generative(x: torch.Tensor, codec, setting: Setting, ov: CodecOverrides
     opts = CompressOptions(bpp=setting.value if setting.kind == "bpp" else None,
                            quality=int(setting.value) if setting.kind == "quality" else None,
                            seed=ov.seed, steps=ov.steps, guidance_scale=ov.sf, compression_guidance=ov.sc,
+                           guidance_mode=ov.guidance_mode,
                            start_step=ov.start_step, eta=ov.eta, inversion_steps=ov.inversion_steps)
     t0 = time.perf_counter()
     bs = codec.compress(x, opts)
