@@ -71,6 +71,19 @@ def enable_gradient_checkpointing(vae: nn.Module) -> None:
         vae.encoder.gradient_checkpointing = False
 
 
+def save_vae(vae: nn.Module, folder: Path) -> None:
+    """``save_pretrained`` (safetensors) into ``folder``, leaving out of an ``AutoencoderTiny``'s
+    ``config.json`` the ``block_out_channels`` key that diffusers 0.42 registers but does not accept
+    back (loading a folder that has it prints a config warning)."""
+    folder = Path(folder)
+    vae.save_pretrained(folder, safe_serialization=True)
+    if is_tiny(vae):
+        path = folder / "config.json"
+        config = json.loads(path.read_text())
+        config.pop("block_out_channels", None)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def vae_class_in(folder: Path) -> type:
     """The class a ``vae/`` folder's ``config.json`` names (``AutoencoderKL`` when it names none, or when
     the file is missing: loading then fails with diffusers' message)."""

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from .autoencoder import AnyVAE, decoder_modules, enable_gradient_checkpointing, vae_class_in, vae_downsampling, vae_latent
+from .autoencoder import AnyVAE, decoder_modules, enable_gradient_checkpointing, save_vae, vae_class_in, vae_downsampling, vae_latent
 from .errors import ModelNotFoundError, ParameterError
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
@@ -354,7 +354,7 @@ def save_backbone(backbone: Backbone, folder: str | Path) -> Path:
     vae = backbone.vae
     if abs(float(vae.config.scaling_factor) - backbone.latent_scale) > 0:
         vae.register_to_config(scaling_factor=backbone.latent_scale)
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    save_vae(vae, folder / "vae")
     backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
     backbone.scheduler.save_pretrained(folder / "scheduler")
     save_file({"null_cond": backbone.null_cond.detach().float().cpu().contiguous()}, folder / NULL_COND_FILE)

@@ -37,7 +37,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
-from .autoencoder import AnyVAE, vae_class_in
+from .autoencoder import AnyVAE, save_vae, vae_class_in
 from .errors import ParameterError
 
 VAE_TYPES = ("kl", "tiny")
@@ -274,7 +274,7 @@ def write_tiny_sd_folder(folder, seed: int = 0, cfg: TinyBackboneConfig = TEST_C
     if spec.get("use_linear_projection"):
         torch.manual_seed(seed)
         unet = build_unet(cfg, use_linear_projection=True)
-    comps.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    save_vae(comps.vae, folder / "vae")
     unet.save_pretrained(folder / "unet", safe_serialization=True)
     build_scheduler(spec.get("prediction_type", "epsilon")).save_pretrained(folder / "scheduler")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}

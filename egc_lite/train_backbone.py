@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, vae_latent
+from .autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, save_vae, vae_latent
 from .precision import autocast, prepare_module, resolve_precision
 from .progress import progress
 from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
@@ -605,7 +605,7 @@ def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     if moved:
         raise ParameterError(f"the checkpoint's encoder differs from the one in {out} ({moved[0]}, ...): "
                          "its latents would not fit the UNet; export the whole backbone instead")
-    vae.half().save_pretrained(out / "vae", safe_serialization=True)
+    save_vae(vae.half(), out / "vae")
     index = out / "model_index.json"
     meta = json.loads(index.read_text()) if index.exists() else {}
     meta["vae_steps"] = state["step"]
@@ -635,7 +635,7 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     comps.unet.load_state_dict(unet_state["ema"])
     out.mkdir(parents=True, exist_ok=True)
     # stored in float16 (half the bytes in git); load_backbone casts to the run's dtype
-    comps.vae.half().save_pretrained(out / "vae", safe_serialization=True)
+    save_vae(comps.vae.half(), out / "vae")
     comps.unet.half().save_pretrained(out / "unet", safe_serialization=True)
     comps.scheduler.save_pretrained(out / "scheduler")
     save_file({"null_cond": unet_state["null_cond"].float().contiguous()}, out / NULL_COND_FILE)

@@ -4,6 +4,7 @@ gradient checkpointing, the decoder's memory estimate."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from egc_lite.autoencoder import (
     enable_gradient_checkpointing,
     encoder_modules,
     load_vae,
+    save_vae,
     vae_class_in,
     vae_downsampling,
     vae_latent,
@@ -82,6 +84,24 @@ def test_folders_are_loaded_with_the_class_their_config_names(tmp_path, vaes):
     config.write_text(json.dumps({"_class_name": "AutoencoderDC"}))
     with pytest.raises(ModelNotFoundError, match="AutoencoderDC"):
         vae_class_in(config.parent)
+
+
+def test_saved_folders_load_without_config_warnings(tmp_path, vaes):
+    """diffusers registers ``block_out_channels`` on an ``AutoencoderTiny`` but warns when a config has it:
+    ``save_vae`` leaves it out, so loading the folder logs no warning."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root logger
+    root.addHandler(handler)
+    try:
+        for name, vae in vaes.items():
+            save_vae(vae, tmp_path / name / "vae")
+            loaded = load_vae(tmp_path / name)
+            assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values()))
+    finally:
+        root.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
 
 
 def test_tiny_decoder_memory_estimate_has_no_attention_and_grows_with_the_image(vaes):
