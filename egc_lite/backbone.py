@@ -44,7 +44,15 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from .autoencoder import AnyVAE, decoder_modules, enable_gradient_checkpointing, save_vae, vae_class_in, vae_downsampling, vae_latent
+from .autoencoder import (
+    AnyVAE,
+    decoder_modules,
+    enable_gradient_checkpointing,
+    save_vae,
+    vae_class_in,
+    vae_downsampling,
+    vae_latent,
+)
 from .errors import ModelNotFoundError, ParameterError
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
