@@ -1,0 +1,91 @@
+"""Choose codec A's compression guidance scale s_c on training photos (never on Kodak); prints a table.
+
+    python benchmarks/codec_a_guidance_scale.py [--images DIR] [--limit 3] [--max-side 512] [--bpp 0.05]
+        [--modes fast latent] [--sc 0.3 1 3] [--backbone egc-tiny] [--steps 50]
+
+Each photo is compressed once (one inversion), then its file is decoded with every (mode, s_c) pair
+(``TextInvCodec.decompress`` overrides the file's guidance), so the rows differ only in the decoder.
+Rows: the mean over the photos of PSNR, LF-PSNR (8x8 block means: colour and layout) and sharpness
+(gradient magnitude over the original's), each also as the difference to the guide codec at the same
+bytes, and the decode seconds. The default s_c of a mode is the one with the best PSNR among those
+whose LF-PSNR is within 0.5 dB of the guide's (the issue's consistency bound), else the best LF-PSNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from egc_lite.backbone import load_backbone
+from egc_lite.codecs import CompressOptions, TextInvCodec
+from egc_lite.codecs.guide_codec import GuideCodec
+from egc_lite.data import load_image, pil_to_tensor, tensor_to_pil, training_photos_dir
+from egc_lite.guidance import CompressionGuidanceConfig
+from egc_lite.metrics import lf_psnr, psnr, sharpness
+from egc_lite.progress import set_progress
+
+
+def _photos(folder: Path, limit: int, max_side: int) -> list[torch.Tensor]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[:limit]
+    out = []
+    for p in paths:
+        img = tensor_to_pil(load_image(p))
+        scale = min(1.0, max_side / max(img.size))
+        w, h = (round(v * scale) // 16 * 16 for v in img.size)
+        out.append(pil_to_tensor(img.resize((w, h), Image.LANCZOS)))
+    return out
+
+
+def _scores(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
+    y = pil_to_tensor(tensor_to_pil(y))  # 8-bit, as a PNG would hold it
+    return psnr(y, x), lf_psnr(y, x), sharpness(y, x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: the training photos)")
+    ap.add_argument("--limit", type=int, default=3)
+    ap.add_argument("--max-side", type=int, default=512)
+    ap.add_argument("--bpp", type=float, default=0.05)
+    ap.add_argument("--modes", nargs="+", default=["fast"], choices=("fast", "full", "latent"))
+    ap.add_argument("--sc", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--backbone", default="egc-tiny")
+    args = ap.parse_args()
+    set_progress(False)
+    codec = TextInvCodec(load_backbone(args.backbone, device="cpu"))
+    photos = _photos(args.images or training_photos_dir(), args.limit, args.max_side)
+    guide_rows, rows = [], {}
+    for i, x in enumerate(photos):
+        bs = codec.compress(x, CompressOptions(bpp=args.bpp, steps=args.steps))
+        g = GuideCodec().compress(x, CompressOptions(bpp=bs.bpp()))
+        guide_rows.append(_scores(GuideCodec().decompress(g), x))
+        for mode in args.modes:
+            for sc in args.sc:
+                t0 = time.perf_counter()
+                y = codec.decompress(bs, guidance=CompressionGuidanceConfig(scale=sc, mode=mode))
+                rows.setdefault((mode, sc), []).append((*_scores(y, x), time.perf_counter() - t0))
+        print(f"photo {i + 1}/{len(photos)}: {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp, guide factor {bs.params['f']}", flush=True)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    gp, gl, gs = (mean([r[k] for r in guide_rows]) for k in range(3))
+    print(f"\n{len(photos)} photos at <= {args.max_side} px, {args.bpp} bpp; guide codec at the same bytes: "
+          f"PSNR {gp:.2f}, LF-PSNR {gl:.2f}, sharpness {gs:.3f}")
+    print("| mode | s_c | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
+    print("|---|---|---|---|---|---|---|---|")
+    best: dict[str, tuple[float, float, float]] = {}
+    for (mode, sc), r in rows.items():
+        p, lf, sh, secs = (mean([v[k] for v in r]) for k in range(4))
+        print(f"| {mode} | {sc:g} | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
+        key = (lf >= gl - 0.5, p if lf >= gl - 0.5 else lf)
+        if mode not in best or key > best[mode][1:]:
+            best[mode] = (sc, *key)
+    for mode, (sc, *_rest) in best.items():
+        print(f"chosen s_c for {mode}: {sc:g}")
+
+
+if __name__ == "__main__":
+    main()
