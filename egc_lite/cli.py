@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
     c.add_argument("--guidance-mode", choices=("fast", "full", "latent"), default=None,
-                   help="textinv: compression guidance on the decoded estimate (fast: the paper's, default; full: also "
-                        "through the UNet) or the cheaper latent shortcut (no decoder pass)")
+                   help="textinv: compression guidance on the decoded estimate (fast: the paper's distance; full: also "
+                        "through the UNet) or the cheaper latent shortcut (no decoder pass); default: the codec's")
     c.add_argument("--start-step", type=int, default=None,
                    help="diffeic: start from the content variables at this step (default: 60%% of the steps; 0: from noise)")
     c.add_argument("--eta", type=float, default=None, help="diffeic: 0 = DDIM steps (default), 1 = ancestral DDPM-like steps")

@@ -30,7 +30,7 @@ class CompressOptions:
     steps: int | None = None
     guidance_scale: float | None = None  # s_f (classifier-free guidance)
     compression_guidance: float | None = None  # s_c (codec A)
-    guidance_mode: str | None = None  # codec A: "fast" (the paper's decoded distance, default), "full" or "latent" (egc_lite.guidance)
+    guidance_mode: str | None = None  # codec A: "fast" (the paper's decoded distance), "full" or "latent" (egc_lite.guidance)
     start_step: int | None = None  # DiffEIC: start from the content variables at this step
     eta: float | None = None  # DiffEIC: 0 = DDIM steps, 1 = ancestral DDPM-like steps (egc_lite.sampling)
     inversion_steps: int | None = None  # textinv: optimization steps of the embedding

@@ -80,7 +80,7 @@ class CodecOverrides:
         reads = {"textinv": ("sc", "mode", "sf", "steps", "inv"), "diffeic": ("steps", "start", "eta")}.get(codec, ())
         values = {"sc": self.sc, "mode": self.guidance_mode, "sf": self.sf, "steps": self.steps, "start": self.start_step, "eta": self.eta,
                   "inv": self.inversion_steps}
-        parts = [f"{k}={values[k]:g}" if k != "mode" else f"{k}={values[k]}" for k in reads if values[k] is not None]
+        parts = [f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}" for k in reads if (v := values[k]) is not None]
         return " ".join(parts + ([f"seed={self.seed}"] if self.seed and reads else []))
 
 
