@@ -22,6 +22,9 @@ from typing import NoReturn
 from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC
 from .errors import EGCError
 
+#: ``egc_lite.guidance.GUIDANCE_MODES``, repeated so that building the parser imports no torch (a test checks they agree).
+GUIDANCE_MODE_CHOICES = ("fast", "full", "latent")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with the kit's error contract: one line on stderr, exit status 2 (no usage block)."""
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=None, help="sampling steps stored in the file")
     c.add_argument("--sf", type=float, default=None, help="classifier-free guidance scale s_f")
     c.add_argument("--sc", type=float, default=None, help="compression guidance scale s_c (textinv)")
-    c.add_argument("--guidance-mode", choices=("fast", "full", "latent"), default=None,
+    c.add_argument("--guidance-mode", choices=GUIDANCE_MODE_CHOICES, default=None,
                    help="textinv: compression guidance on the decoded estimate (fast: the paper's distance; full: also "
                         "through the UNet) or the cheaper latent shortcut (no decoder pass); default: the codec's")
     c.add_argument("--start-step", type=int, default=None,
@@ -197,7 +200,7 @@ def _add_eval_and_sweep(sub) -> None:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--sf", type=float, default=None)
     e.add_argument("--sc", type=float, default=None)
-    e.add_argument("--guidance-mode", choices=("fast", "full", "latent"), default=None, help="textinv: compression guidance mode")
+    e.add_argument("--guidance-mode", choices=GUIDANCE_MODE_CHOICES, default=None, help="textinv: compression guidance mode")
     e.add_argument("--start-step", type=int, default=None)
     e.add_argument("--eta", type=float, default=None)
     e.add_argument("--inversion-steps", type=int, default=None)

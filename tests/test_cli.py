@@ -61,6 +61,9 @@ def test_textinv_guidance_mode_goes_into_the_header(tmp_path, image_file):
         assert main(["compress", str(image_file), "-o", str(out), "--codec", "textinv", "--guidance-mode", mode] + args) == 0
         modes[mode] = GUIDANCE_MODES[read_bitstream(out).params["gm"]]
     assert modes == {"latent": "latent", "fast": "fast"}
+    from egc_lite.cli import GUIDANCE_MODE_CHOICES
+
+    assert set(GUIDANCE_MODE_CHOICES) == set(GUIDANCE_MODES)
     with pytest.raises(SystemExit) as exc:
         main(["compress", str(image_file), "-o", str(tmp_path / "x.egc"), "--codec", "textinv", "--guidance-mode", "exact"] + args)
     assert exc.value.code == 2
