@@ -24,7 +24,7 @@ import torch
 from .errors import BitstreamError
 
 #: Default budget when ``EGC_DECODE_BUDGET_GB`` is not set (also capped at half the machine's memory).
-DEFAULT_BUDGET_GB = 8.0
+DEFAULT_BUDGET_GB = 12.0  # SD 1.5 at 768x512 in the default guidance mode ("fast") is computed at 9.0 GiB
 #: Feature maps alive per UNet / VAE level (resnets, norms, skip connections; a rough, generous count).
 MAPS_PER_LEVEL = 12
 
@@ -85,14 +85,17 @@ def vae_decoder_bytes(cfg: dict, height: int, width: int, batch: int, elt: int =
     return maps + attn
 
 
-def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, grad: bool = False,
+def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, grad: str = "none",
                           extra_unet_cfg: dict | None = None) -> int:
     """Computed peak bytes of sampling and decoding a ``height x width`` image with ``backbone``.
 
-    ``batch`` counts the UNet's batch (2 with classifier-free guidance); ``grad`` triples the
-    feature maps (compression guidance keeps them for a backward pass); ``extra_unet_cfg`` adds a
-    control module's pass (codec B).
+    ``batch`` counts the UNet's batch (2 with classifier-free guidance); ``grad`` says which
+    feature maps compression guidance keeps for a backward pass, tripling them: ``"none"``,
+    ``"decoder"`` (the VAE decoder only: guidance mode ``fast``) or ``"all"`` (UNet and decoder:
+    mode ``full``); ``extra_unet_cfg`` adds a control module's pass (codec B).
     """
+    if grad not in ("none", "decoder", "all"):
+        raise ValueError(f"grad must be 'none', 'decoder' or 'all', got {grad!r}")
     m = backbone.size_multiple
     hp, wp = -(-height // m) * m, -(-width // m) * m
     h, w = hp // backbone.vae_factor, wp // backbone.vae_factor
@@ -101,7 +104,7 @@ def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, gra
     if extra_unet_cfg is not None:
         unet += unet_bytes(extra_unet_cfg, h, w, batch, 4)
     vae = vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt)
-    return (3 if grad else 1) * (unet + vae)
+    return (3 if grad == "all" else 1) * unet + (1 if grad == "none" else 3) * vae
 
 
 def check_decode(estimate: int, what: str) -> None:

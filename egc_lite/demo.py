@@ -2,8 +2,9 @@
 
 The photo is Kodak image 23 when it is already on disk (``$EGC_DATA/kodak`` or the download
 cache), else the CC0 photo shipped in the package (:data:`egc_lite.data.DEMO_IMAGE`): the demo
-never downloads. Writes ``<out>/demo.png`` (original | codec | WebP at the same rate, labelled)
-and returns a short report with the image used, the rate from the file size, PSNR and MS-SSIM.
+never downloads. Writes ``<out>/demo.png`` (original | codec | for a diffusion codec, the guide codec at
+the same rate, i.e. its side information alone | WebP at the same rate or its floor, labelled) and
+returns a short report with the image used, the rate from the file size, PSNR, MS-SSIM and sharpness.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .baselines import classic_available, compress_at_bpp
 from .bitstream import read_bitstream, write_bitstream
 from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC, CompressOptions, load_codec
 from .data import DEMO_IMAGE, kodak_on_disk, load_image, load_kodak, pil_to_tensor, tensor_to_pil
-from .metrics import ms_ssim, psnr
+from .metrics import ms_ssim, psnr, sharpness
 
 #: The Kodak image the demo prefers when it is on disk.
 DEMO_KODAK = 23
@@ -72,15 +73,24 @@ def run_demo(image: int | None = None, codec: str | None = None, bpp: float = 0.
     t_dec = time.perf_counter() - t0
     y8 = pil_to_tensor(tensor_to_pil(y))
     rate = 8 * n / (h * w)
-    images, labels = [x, y8], ["original", f"{name}: {rate:.4f} bpp, {psnr(y8, x):.2f} dB"]
+    images, labels = [x, y8], ["original", f"{name}: {rate:.4f} bpp, {psnr(y8, x):.2f} dB, sharpness {sharpness(y8, x):.2f}"]
     lines = [f"{source}, {w}x{h}, with codec {name}: {n} bytes = {rate:.4f} bpp (file {path})",
-             f"  PSNR {psnr(y8, x):.2f} dB, MS-SSIM {ms_ssim(y8, x):.4f}, encode {t_enc:.1f} s, decode {t_dec:.1f} s"]
+             f"  PSNR {psnr(y8, x):.2f} dB, MS-SSIM {ms_ssim(y8, x):.4f}, sharpness {sharpness(y8, x):.2f} "
+             f"(1 = as sharp as the original), encode {t_enc:.1f} s, decode {t_dec:.1f} s"]
+    if name != "guide":  # the side information alone at the same bytes: what the diffusion model adds to it
+        g = load_codec("guide", backbone, device)
+        yg = pil_to_tensor(tensor_to_pil(g.decompress(g.compress(x, CompressOptions(bpp=rate))).clamp(0, 1)))
+        images.append(yg)
+        labels.append(f"guide codec: {rate:.4f} bpp, {psnr(yg, x):.2f} dB, sharpness {sharpness(yg, x):.2f}")
+        lines.append(f"  guide codec (downsample + WebP) at the same rate: PSNR {psnr(yg, x):.2f} dB, "
+                     f"sharpness {sharpness(yg, x):.2f}: PSNR rewards its blur; the diffusion decoder draws detail instead")
     if classic_available("webp"):
         r = compress_at_bpp(tensor_to_pil(x), "webp", rate)
         xw = pil_to_tensor(r.image)
         images.append(xw)
-        labels.append(f"WebP q{r.quality}: {r.bpp:.4f} bpp, {psnr(xw, x):.2f} dB")
-        lines.append(f"  WebP at the same rate: {r.bpp:.4f} bpp, PSNR {psnr(xw, x):.2f} dB, MS-SSIM {ms_ssim(xw, x):.4f}"
+        labels.append(f"WebP q{r.quality}: {r.bpp:.4f} bpp, {psnr(xw, x):.2f} dB, sharpness {sharpness(xw, x):.2f}")
+        lines.append(f"  WebP at the same rate: {r.bpp:.4f} bpp, PSNR {psnr(xw, x):.2f} dB, MS-SSIM {ms_ssim(xw, x):.4f}, "
+                     f"sharpness {sharpness(xw, x):.2f}"
                      + ("" if r.reached_target else f" ({r.note})"))
     fig = out / "demo.png"
     side_by_side(images, labels).save(fig)

@@ -1,5 +1,5 @@
 """Codec B end to end on a tiny random backbone: files, determinism, start step, eta, rate points, bad files; the
-shipped egc-tiny rate points (the narrow control module) still decode files made before the reference's control."""
+shipped egc-tiny rate points round-trip, and a file made for the previous egc-tiny is refused plainly."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from egc_lite.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
 
 TINY = DiffEICConfig(N=16, M=24)
-#: A codec B file made with the shipped egc-tiny rate point q1 before the reference's control module, the default
-#: start step and eta existed (egc_lite/assets/coffee.png cut to 128x192, quality 1, seed 3, 4 steps, start 0).
+#: A codec B file made with the second egc-tiny's rate point q1 (narrow control module; egc_lite/assets/coffee.png
+#: cut to 128x192, quality 1, seed 3, 4 steps, start 0): its backbone id is not the shipped backbone's any more.
 OLD_FILE = Path(__file__).parent / "data" / "diffeic_q1_narrow.egc"
 
 
@@ -227,21 +227,26 @@ def egc_tiny():
     return load_backbone("egc-tiny", device="cpu")
 
 
-def test_shipped_rate_points_still_decode_files_made_before_the_new_control(egc_tiny):
-    """The shipped q1, q3, q5 load as the narrow variant (their config.json has no ``control``), keep their
-    fingerprints, and an old file is what this version writes for the same image and options, and decodes."""
+def test_shipped_rate_points_round_trip_and_a_file_for_another_backbone_is_refused(egc_tiny, tmp_path):
+    """egc-tiny v3's q1, q3, q5 (the reference's control module) write files whose rate falls with the
+    quality number's lambda and that decode to the same pixels twice; a file made for the previous egc-tiny
+    names the backbone it needs instead of decoding garbage."""
     from egc_lite.data import load_image
 
     codec = DiffEICCodec(egc_tiny)
     assert codec.available_qualities() == [1, 3, 5]
-    assert all(codec.model(q).config.control == "narrow" for q in (1, 3, 5))
-    old = OLD_FILE.read_bytes()
-    bs = decode_bitstream(old, expected_backbone_id=egc_tiny.backbone_id)
-    assert bs.params == {"seed": 3, "steps": 4, "q": 1, "start": 0, "model": codec._fingerprints[1]}
+    assert all(codec.model(q).config.control == "cddm" for q in (1, 3, 5))
     x = load_image(Path(__file__).resolve().parents[1] / "egc_lite" / "assets" / "coffee.png")[:, :128, :192]
-    assert encode_bitstream(codec.compress(x, CompressOptions(quality=1, steps=4, start_step=0, seed=3))) == old
+    sizes = {}
+    for q in (1, 3, 5):
+        path = tmp_path / f"q{q}.egc"
+        sizes[q] = write_bitstream(path, codec.compress(x, CompressOptions(quality=q, steps=4, seed=3)))
+    assert sizes[1] < sizes[3] < sizes[5]
+    bs = read_bitstream(tmp_path / "q3.egc", expected_backbone_id=egc_tiny.backbone_id)
     y = codec.decompress(bs)
     assert y.shape == (3, 128, 192) and torch.equal(y, codec.decompress(bs))
+    with pytest.raises(BitstreamError, match="backbone"):
+        decode_bitstream(OLD_FILE.read_bytes(), expected_backbone_id=egc_tiny.backbone_id)
 
 
 # ---------------------------------------------------------------- issue 13: bf16 inference

@@ -143,3 +143,14 @@ def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
     small = backbone_decode_bytes(tiny_backbone, 64, 64)
     wide = backbone_decode_bytes(tiny_backbone, 64, 65535)
     assert wide > 1000 * small
+
+
+def test_budget_counts_the_backward_pass_of_each_guidance_mode(tiny_backbone):
+    """fast keeps the decoder's maps for a backward pass, full also the UNet's: none < decoder < all."""
+    from egc_lite.budget import backbone_decode_bytes
+
+    none, dec, full = (backbone_decode_bytes(tiny_backbone, 256, 256, grad=g) for g in ("none", "decoder", "all"))
+    assert none < dec < full
+    assert full == 3 * none
+    with pytest.raises(ValueError, match="grad"):
+        backbone_decode_bytes(tiny_backbone, 64, 64, grad=True)
