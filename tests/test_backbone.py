@@ -82,7 +82,7 @@ def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     b = load_backbone("egc-tiny", device="cpu")
-    assert b.name == "egc-tiny" and b.vae_factor == 8 and b.latent_channels == 4
+    assert b.name == "egc-tiny" and b.vae_factor == 8 and b.latent_channels == 8  # v3: AutoencoderTiny, 8 latents
     shipped = json.loads((Path(egc_lite.__file__).parent / "weights/diffeic/q3/config.json").read_text())
     assert shipped["backbone_id"] == b.backbone_id  # the shipped rate points record the content id
     assert b.dtype == torch.float32 and next(b.unet.parameters()).dtype == torch.float32

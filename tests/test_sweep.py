@@ -41,7 +41,8 @@ def test_panel_render_and_widget(setup):
     assert torch.equal(a["image"], b["image"]) and a["psnr"] > 0
     box = panel.widget()
     sliders = box.children[0].children
-    assert (sliders[0].min, sliders[0].max, sliders[0].step) == SC_RANGES["latent"]  # the file's mode
+    file_mode = codec.decode_parameters(bs)[0].guidance.mode  # the codec's default: "fast"
+    assert (sliders[0].min, sliders[0].max, sliders[0].step) == SC_RANGES[file_mode]
     sliders[0].value = 0.3  # moving a slider redraws
     assert panel.last["sc"] == 0.3 and box.children[1].value.startswith("s_c=0.3")
 
