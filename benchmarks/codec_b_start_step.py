@@ -21,21 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from codec_a_guidance_scale import _photos, _scores  # the same photo selection, resizing and scoring
 
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, DiffEICCodec
 from egc_lite.codecs.guide_codec import GuideCodec
-from egc_lite.data import pil_to_tensor, tensor_to_pil, training_photos_dir
-from egc_lite.evaluate.runner import score
+from egc_lite.data import training_photos_dir
 from egc_lite.progress import set_progress
-
-from codec_a_guidance_scale import _photos  # noqa: E402  (same photo selection and resizing)
-
-
-def _scores(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
-    """PSNR, LF-PSNR and sharpness of the 8-bit decoding (as a PNG holds it), by ``egc eval``'s metrics."""
-    row = score(x, pil_to_tensor(tensor_to_pil(y)), learned={})
-    return row["psnr"], row["lf_psnr"], row["sharpness"]
 
 
 def main() -> None:
