@@ -1,9 +1,9 @@
 """Choose codec A's compression guidance scale s_c on training photos (never on Kodak); prints a table.
 
     python benchmarks/codec_a_guidance_scale.py [--images DIR] [--limit 3] [--max-side 512] [--bpp 0.05]
-        [--modes fast latent] [--sc 0.3 1 3] [--backbone egc-tiny] [--steps 50]
+        [--modes fast latent] [--sc 0.3 1 3] [--every 1 2] [--backbone egc-tiny] [--steps 50]
 
-Each photo is compressed once (one inversion), then its file is decoded with every (mode, s_c) pair
+Each photo is compressed once (one inversion), then its file is decoded with every (mode, s_c, every) triple
 (``TextInvCodec.decompress`` overrides the file's guidance), so the rows differ only in the decoder.
 Rows: the mean over the photos of PSNR, LF-PSNR (8x8 block means: colour and layout) and sharpness
 (gradient magnitude over the original's), each also as the difference to the guide codec at the same
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--bpp", type=float, default=0.05)
     ap.add_argument("--modes", nargs="+", default=["fast"], choices=GUIDANCE_MODES)
     ap.add_argument("--sc", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    ap.add_argument("--every", type=int, nargs="+", default=[1], help="guide every k-th step (the schedule's cost)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--backbone", default="egc-tiny")
     args = ap.parse_args()
@@ -67,25 +68,26 @@ def main() -> None:
         guide_rows.append(_scores(GuideCodec().decompress(g), x))
         for mode in args.modes:
             for sc in args.sc:
-                t0 = time.perf_counter()
-                y = codec.decompress(bs, guidance=CompressionGuidanceConfig(scale=sc, mode=mode))
-                rows.setdefault((mode, sc), []).append((*_scores(y, x), time.perf_counter() - t0))
+                for every in args.every:
+                    t0 = time.perf_counter()
+                    y = codec.decompress(bs, guidance=CompressionGuidanceConfig(scale=sc, mode=mode, every=every))
+                    rows.setdefault((mode, sc, every), []).append((*_scores(y, x), time.perf_counter() - t0))
         print(f"photo {i + 1}/{len(photos)}: {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp, guide factor {bs.params['f']}", flush=True)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     gp, gl, gs = (mean([r[k] for r in guide_rows]) for k in range(3))
     print(f"\n{len(photos)} photos at <= {args.max_side} px, {args.bpp} bpp; guide codec at the same bytes: "
           f"PSNR {gp:.2f}, LF-PSNR {gl:.2f}, sharpness {gs:.3f}")
-    print("| mode | s_c | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
-    print("|---|---|---|---|---|---|---|---|")
-    best: dict[str, tuple[tuple[bool, float], float]] = {}  # mode -> ((within the LF bound, PSNR or LF-PSNR), s_c)
-    for (mode, sc), r in rows.items():
+    print("| mode | s_c | every | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    best: dict[str, tuple[tuple[bool, float], float, int]] = {}  # mode -> ((within the LF bound, PSNR or LF), s_c, every)
+    for (mode, sc, every), r in rows.items():
         p, lf, sh, secs = (mean([v[k] for v in r]) for k in range(4))
-        print(f"| {mode} | {sc:g} | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
+        print(f"| {mode} | {sc:g} | {every} | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
         key = (lf >= gl - 0.5, p if lf >= gl - 0.5 else lf)
         if mode not in best or key > best[mode][0]:
-            best[mode] = (key, sc)
-    for mode, (_, sc) in best.items():
-        print(f"chosen s_c for {mode}: {sc:g}")
+            best[mode] = (key, sc, every)
+    for mode, (_, sc, every) in best.items():
+        print(f"chosen for {mode}: s_c {sc:g}, every {every}")
 
 
 if __name__ == "__main__":
