@@ -46,6 +46,27 @@ def _scores(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
     return row["psnr"], row["lf_psnr"], row["sharpness"]
 
 
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+def _print_table(rows: dict, guide_rows: list[tuple[float, float, float]], key_header: list[str], what: str,
+                 cells) -> tuple[tuple[float, float, float], dict]:
+    """Print the guide codec's mean and one markdown row per key (the mean over the photos of PSNR, LF-PSNR,
+    sharpness and decode seconds, PSNR and LF-PSNR also against the guide); returns both means."""
+    guide = tuple(_mean([r[k] for r in guide_rows]) for k in range(3))
+    gp, gl, gs = guide
+    print(f"\n{len(guide_rows)} photos, {what}; guide codec at the same bytes: PSNR {gp:.2f}, LF-PSNR {gl:.2f}, sharpness {gs:.3f}")
+    print("| " + " | ".join(key_header) + " | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
+    print("|" + "---|" * (len(key_header) + 6))
+    means = {}
+    for key, r in rows.items():
+        p, lf, sh, secs = means[key] = tuple(_mean([v[k] for v in r]) for k in range(4))
+        print("| " + " | ".join(cells(key)) + f" | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
+    return guide, means
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=Path, default=None, help="folder of photos (default: the training photos)")
@@ -73,16 +94,10 @@ def main() -> None:
                     y = codec.decompress(bs, guidance=CompressionGuidanceConfig(scale=sc, mode=mode, every=every))
                     rows.setdefault((mode, sc, every), []).append((*_scores(y, x), time.perf_counter() - t0))
         print(f"photo {i + 1}/{len(photos)}: {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp, guide factor {bs.params['f']}", flush=True)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    gp, gl, gs = (mean([r[k] for r in guide_rows]) for k in range(3))
-    print(f"\n{len(photos)} photos at <= {args.max_side} px, {args.bpp} bpp; guide codec at the same bytes: "
-          f"PSNR {gp:.2f}, LF-PSNR {gl:.2f}, sharpness {gs:.3f}")
-    print("| mode | s_c | every | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    (gp, gl, _), means = _print_table(rows, guide_rows, ["mode", "s_c", "every"], f"<= {args.max_side} px, {args.bpp} bpp",
+                                      cells=lambda key: [key[0], f"{key[1]:g}", str(key[2])])
     best: dict[str, tuple[tuple[bool, float], float, int]] = {}  # mode -> ((within the LF bound, PSNR or LF), s_c, every)
-    for (mode, sc, every), r in rows.items():
-        p, lf, sh, secs = (mean([v[k] for v in r]) for k in range(4))
-        print(f"| {mode} | {sc:g} | {every} | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
+    for (mode, sc, every), (p, lf, _, _) in means.items():
         key = (lf >= gl - 0.5, p if lf >= gl - 0.5 else lf)
         if mode not in best or key > best[mode][0]:
             best[mode] = (key, sc, every)

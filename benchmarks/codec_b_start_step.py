@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from codec_a_guidance_scale import _photos, _scores  # the same photo selection, resizing and scoring
+from codec_a_guidance_scale import _photos, _print_table, _scores  # the same photos, scoring and table
 
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, DiffEICCodec
@@ -60,16 +60,10 @@ def main() -> None:
             y = backbone.decode(c.to(backbone.device))[0, :, : x.shape[1], : x.shape[2]].clamp(0, 1).float().cpu()
         rows.setdefault("D(c), no sampling", []).append((*_scores(y, x), time.perf_counter() - t0))
         print(f"photo {i + 1}/{len(photos)}: {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp", flush=True)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    gp, gl, gs = (mean([r[k] for r in guide_rows]) for k in range(3))
-    print(f"\n{len(photos)} photos at <= {args.max_side} px, quality {args.quality}; guide codec at the same bytes: "
-          f"PSNR {gp:.2f}, LF-PSNR {gl:.2f}, sharpness {gs:.3f}")
-    print("| decoding | PSNR | vs guide | LF-PSNR | vs guide | sharpness | decode s |")
-    print("|---|---|---|---|---|---|---|")
+    (gp, gl, _), means = _print_table(rows, guide_rows, ["decoding"], f"<= {args.max_side} px, quality {args.quality}",
+                                      cells=lambda label: [label])
     best = None
-    for label, r in rows.items():
-        p, lf, sh, secs = (mean([v[k] for v in r]) for k in range(4))
-        print(f"| {label} | {p:.2f} | {p - gp:+.2f} | {lf:.2f} | {lf - gl:+.2f} | {sh:.3f} | {secs:.1f} |")
+    for label, (p, lf, sh, _) in means.items():
         key = (int(lf >= gl - 0.5) + int(0.85 <= sh <= 1.15) + int(p >= gp - 3.0), p)
         if label.startswith("start") and (best is None or key > best[0]):
             best = (key, label)

@@ -73,25 +73,27 @@ def run_demo(image: int | None = None, codec: str | None = None, bpp: float = 0.
     t_dec = time.perf_counter() - t0
     y8 = pil_to_tensor(tensor_to_pil(y))
     rate = 8 * n / (h * w)
-    images, labels = [x, y8], ["original", f"{name}: {rate:.4f} bpp, {psnr(y8, x):.2f} dB, sharpness {sharpness(y8, x):.2f}"]
+    p, sh = psnr(y8, x), sharpness(y8, x)
+    images, labels = [x, y8], ["original", f"{name}: {rate:.4f} bpp, {p:.2f} dB, sharpness {sh:.2f}"]
     lines = [f"{source}, {w}x{h}, with codec {name}: {n} bytes = {rate:.4f} bpp (file {path})",
-             f"  PSNR {psnr(y8, x):.2f} dB, MS-SSIM {ms_ssim(y8, x):.4f}, sharpness {sharpness(y8, x):.2f} "
+             f"  PSNR {p:.2f} dB, MS-SSIM {ms_ssim(y8, x):.4f}, sharpness {sh:.2f} "
              f"(1 = as sharp as the original), encode {t_enc:.1f} s, decode {t_dec:.1f} s"]
     if name != "guide":  # the side information alone at the same bytes: what the diffusion model adds to it
         g = load_codec("guide", backbone, device)
         yg = pil_to_tensor(tensor_to_pil(g.decompress(g.compress(x, CompressOptions(bpp=rate))).clamp(0, 1)))
+        p, sh = psnr(yg, x), sharpness(yg, x)
         images.append(yg)
-        labels.append(f"guide codec: {rate:.4f} bpp, {psnr(yg, x):.2f} dB, sharpness {sharpness(yg, x):.2f}")
-        lines.append(f"  guide codec (downsample + WebP) at the same rate: PSNR {psnr(yg, x):.2f} dB, "
-                     f"sharpness {sharpness(yg, x):.2f}: PSNR rewards its blur; the diffusion decoder draws detail instead")
+        labels.append(f"guide codec: {rate:.4f} bpp, {p:.2f} dB, sharpness {sh:.2f}")
+        lines.append(f"  guide codec (downsample + WebP) at the same rate: PSNR {p:.2f} dB, "
+                     f"sharpness {sh:.2f}: PSNR rewards its blur; the diffusion decoder draws detail instead")
     if classic_available("webp"):
         r = compress_at_bpp(tensor_to_pil(x), "webp", rate)
         xw = pil_to_tensor(r.image)
+        p, sh = psnr(xw, x), sharpness(xw, x)
         images.append(xw)
-        labels.append(f"WebP q{r.quality}: {r.bpp:.4f} bpp, {psnr(xw, x):.2f} dB, sharpness {sharpness(xw, x):.2f}")
-        lines.append(f"  WebP at the same rate: {r.bpp:.4f} bpp, PSNR {psnr(xw, x):.2f} dB, MS-SSIM {ms_ssim(xw, x):.4f}, "
-                     f"sharpness {sharpness(xw, x):.2f}"
-                     + ("" if r.reached_target else f" ({r.note})"))
+        labels.append(f"WebP q{r.quality}: {r.bpp:.4f} bpp, {p:.2f} dB, sharpness {sh:.2f}")
+        lines.append(f"  WebP at the same rate: {r.bpp:.4f} bpp, PSNR {p:.2f} dB, MS-SSIM {ms_ssim(xw, x):.4f}, "
+                     f"sharpness {sh:.2f}" + ("" if r.reached_target else f" ({r.note})"))
     fig = out / "demo.png"
     side_by_side(images, labels).save(fig)
     lines.append(f"  side-by-side: {fig}")

@@ -68,6 +68,12 @@ class CompressionGuidanceConfig:
         if not 0 <= self.scale <= 1e4:
             raise ParameterError(f"compression guidance scale s_c must be in [0, 10000], got {self.scale}")
 
+    @property
+    def backward(self) -> str:
+        """What a guided step back-propagates through, as :func:`egc_lite.budget.backbone_decode_bytes` counts it:
+        ``"decoder"`` (``fast``), ``"all"`` (``full``: the UNet too) or ``"none"`` (``latent``)."""
+        return {"fast": "decoder", "full": "all", "latent": "none"}[self.mode]
+
     def active(self, index: int, steps: int) -> bool:
         """Whether step ``index`` (0 = noisiest) is guided."""
         return self.scale > 0 and index < self.until * steps and index % self.every == 0

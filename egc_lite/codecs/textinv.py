@@ -236,7 +236,7 @@ class TextInvCodec(Codec):
             )
         check_payload_bytes(len(self.section(bs, "emb")), p("nt", int) * self.backbone.cond_dim, "embedding")
         batch = 2 if sampler.guidance_scale != 1.0 else 1
-        check_decode(backbone_decode_bytes(self.backbone, bs.height, bs.width, batch, grad={"latent": "none", "fast": "decoder", "full": "all"}[guidance.mode]),
+        check_decode(backbone_decode_bytes(self.backbone, bs.height, bs.width, batch, grad=guidance.backward),
                      f"this {bs.width}x{bs.height} textinv file")
         return (replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion, consistency=consistency),
                 delta, p("nt", int), factor)
