@@ -148,7 +148,6 @@ def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
 def test_budget_counts_the_backward_pass_of_each_guidance_mode(tiny_backbone):
     """fast keeps the decoder's maps for a backward pass, full also the UNet's: none < decoder < all."""
     from egc_lite.budget import backbone_decode_bytes
-
     from egc_lite.guidance import CompressionGuidanceConfig
 
     none, dec, full = (backbone_decode_bytes(tiny_backbone, 256, 256, grad=CompressionGuidanceConfig(mode=m).backward)
