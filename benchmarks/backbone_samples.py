@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from egc_lite.backbone import load_backbone  # noqa: E402
+from egc_lite.codecs.textual_inversion import InversionConfig, invert_embedding  # noqa: E402
 from egc_lite.data import load_kodak  # noqa: E402
 from egc_lite.progress import set_progress  # noqa: E402
-from egc_lite.sampling import SamplerConfig, ddim_sample  # noqa: E402
-from egc_lite.textual_inversion import InversionConfig, invert_embedding  # noqa: E402
+from egc_lite.sampling.ddim import SamplerConfig, ddim_sample  # noqa: E402
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import time
 import torch
 
 from egc_lite.backbone import load_backbone
+from egc_lite.codecs.textual_inversion import InversionConfig, denoising_loss_by_timestep, invert_embedding
 from egc_lite.data import crop_to, kodak_paths, load_image, pad_to_multiple, pil_to_tensor, tensor_to_pil
 from egc_lite.metrics import lf_psnr, ms_ssim, psnr, sharpness
 from egc_lite.progress import set_progress
-from egc_lite.sampling import SamplerConfig, ddim_sample
-from egc_lite.textual_inversion import InversionConfig, denoising_loss_by_timestep, invert_embedding
+from egc_lite.sampling.ddim import SamplerConfig, ddim_sample
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     set_progress(False)
     b = load_backbone(args.backbone, device="cpu")
     if args.vae_ckpt:
-        from egc_lite.train_backbone import vae_from_checkpoint
+        from egc_lite.training.backbone import vae_from_checkpoint
 
         b.vae = vae_from_checkpoint(args.vae_ckpt)
         args.inversion_images, args.skip_speed = 0, True  # the backbone's UNet does not read this VAE's latents

@@ -22,11 +22,11 @@ from PIL import Image
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.codecs.guide_codec import GuideCodec
-from egc_lite.consistency import ConsistencyConfig
 from egc_lite.data import load_kodak, pil_to_tensor, save_image, tensor_to_pil
 from egc_lite.guide import decode_guide
 from egc_lite.metrics import lf_psnr, psnr, sharpness
 from egc_lite.progress import set_progress
+from egc_lite.sampling.consistency import ConsistencyConfig
 
 
 def _resize(x: torch.Tensor, size: str) -> torch.Tensor:

@@ -25,8 +25,8 @@ from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.codecs.guide_codec import GuideCodec
 from egc_lite.data import load_image, pil_to_tensor, tensor_to_pil, training_photos_dir
 from egc_lite.evaluate.runner import score
-from egc_lite.guidance import GUIDANCE_MODES, CompressionGuidanceConfig
 from egc_lite.progress import set_progress
+from egc_lite.sampling.guidance import GUIDANCE_MODES, CompressionGuidanceConfig
 
 
 def _photos(folder: Path, limit: int, max_side: int) -> list[torch.Tensor]:

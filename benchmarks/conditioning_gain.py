@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from egc_lite.tiny import ImageTokenEncoder, build_components
-from egc_lite.train_backbone import checkpoint_arch, latent_crops
+from egc_lite.models.tiny import ImageTokenEncoder, build_components
+from egc_lite.training.backbone import checkpoint_arch, latent_crops
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """How close the entropy coder's real output comes to the model's estimate, and how fast it is.
 
 Trains a CompressAI ``EntropyBottleneck`` briefly on a few kinds of data, builds its tables
-(``egc_lite.entropy.update_tables``), then codes one fresh sample of each with
+(``egc_lite.coding.entropy.update_tables``), then codes one fresh sample of each with
 ``compress_factorized`` / ``decompress_factorized`` and prints a table: symbols, bits the
 model estimates, bits actually written (bytes * 8), overhead, and coding times. A
 ``GaussianConditional`` row with known scales and means is added for comparison, and two
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
-from egc_lite.entropy import (
+from egc_lite.coding.entropy import (
     compress_factorized,
     compress_gaussian,
     decompress_factorized,

@@ -17,9 +17,9 @@ import torch
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.data import load_kodak, pil_to_tensor, tensor_to_pil
-from egc_lite.guidance import CompressionGuidanceConfig
 from egc_lite.metrics import psnr
 from egc_lite.progress import set_progress
+from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
 SCHEDULES = [
     ("no guidance (s_c = 0)", CompressionGuidanceConfig(scale=0.0)),

@@ -22,7 +22,7 @@ from egc_lite.backbone import load_backbone
 from egc_lite.metrics import psnr
 from egc_lite.precision import cpu_has_fast_bf16
 from egc_lite.progress import set_progress
-from egc_lite.sampling import SamplerConfig, ddim_sample
+from egc_lite.sampling.ddim import SamplerConfig, ddim_sample
 
 
 def run(spec: str, precision: str, steps: int, size: tuple[int, int]) -> dict:

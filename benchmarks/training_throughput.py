@@ -20,9 +20,9 @@ from dataclasses import replace
 
 import torch
 
-from egc_lite.autoencoder import decoder_modules, vae_latent
+from egc_lite.models.autoencoder import decoder_modules, vae_latent
+from egc_lite.models.tiny import TAESD_CHANNELS, TinyBackboneConfig, build_unet, build_vae
 from egc_lite.precision import autocast, cpu_has_fast_bf16, prepare_module, resolve_precision
-from egc_lite.tiny import TAESD_CHANNELS, TinyBackboneConfig, build_unet, build_vae
 
 UNET_CANDIDATES = {
     "unet (32, 64, 128) x1": TinyBackboneConfig(unet_channels=(32, 64, 128)),

@@ -17,7 +17,7 @@ samplers' denoisers); :meth:`Backbone.encode` always runs in float32.
 
 The UNet may predict the noise (``prediction_type="epsilon"``, SD 1.5, SD 2.1-base) or
 :math:`v = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1-\\bar\\alpha_t}\\,z_0` (``"v_prediction"``,
-SD 2.1 at 768 px); :mod:`egc_lite.sampling` converts. Other kinds are refused when loading.
+SD 2.1 at 768 px); :mod:`egc_lite.sampling.ddim` converts. Other kinds are refused when loading.
 
 :func:`load_backbone` accepts
 
@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from .autoencoder import (
+from .errors import ModelNotFoundError, ParameterError
+from .models.autoencoder import (
     AnyVAE,
     decoder_modules,
     enable_gradient_checkpointing,
@@ -53,10 +54,9 @@ from .autoencoder import (
     vae_downsampling,
     vae_latent,
 )
-from .errors import ModelNotFoundError, ParameterError
+from .models.tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
-from .tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
@@ -74,7 +74,7 @@ class Backbone:
 
     name: str
     backbone_id: str
-    vae: AnyVAE  # AutoencoderKL or AutoencoderTiny (egc_lite.autoencoder)
+    vae: AnyVAE  # AutoencoderKL or AutoencoderTiny (egc_lite.models.autoencoder)
     unet: UNet2DConditionModel
     scheduler: DDIMScheduler
     null_cond: torch.Tensor  # (1, n_tokens, cond_dim)
@@ -211,7 +211,7 @@ def _finish(name: str, vae, unet, scheduler, null_cond, device, dtype, path=None
 def tiny_random_backbone(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                          precision: str = "auto", cfg: TinyBackboneConfig = TEST_CONFIG) -> Backbone:
     """A seeded random backbone of Stable Diffusion's classes, for tests (fast on a CPU); ``cfg`` picks
-    another small architecture (e.g. :data:`~egc_lite.tiny.TEST_TINY_AE_CONFIG`, with an ``AutoencoderTiny``)."""
+    another small architecture (e.g. :data:`~egc_lite.models.tiny.TEST_TINY_AE_CONFIG`, with an ``AutoencoderTiny``)."""
     dev, dt = resolve_device(device, dtype)
     c = build_components(cfg, seed=seed)
     return _finish(f"tiny-random:{seed}", c.vae, c.unet, c.scheduler, c.null_cond, dev, dt, precision=precision)

@@ -22,7 +22,7 @@ from typing import NoReturn
 from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC
 from .errors import EGCError
 
-#: ``egc_lite.guidance.GUIDANCE_MODES``, repeated so that building the parser imports no torch (a test checks they agree).
+#: ``egc_lite.sampling.guidance.GUIDANCE_MODES``, repeated so that building the parser imports no torch (a test checks they agree).
 GUIDANCE_MODE_CHOICES = ("fast", "full", "latent")
 
 
@@ -276,8 +276,8 @@ def _make_codec(name: str, args: argparse.Namespace):
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from .bitstream import write_bitstream
     from .codecs import CompressOptions
+    from .coding.bitstream import write_bitstream
     from .data import load_image
 
     x = load_image(args.image)
@@ -299,7 +299,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from .bitstream import read_bitstream
+    from .coding.bitstream import read_bitstream
     from .data import save_image
     from .errors import ParameterError
 
@@ -318,7 +318,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bitstream import describe, read_bitstream
+    from .coding.bitstream import describe, read_bitstream
 
     bs = read_bitstream(args.file)
     print(describe(bs, num_bytes=os.path.getsize(args.file)))
@@ -326,7 +326,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .evaluate.demo import run_demo
 
     print(run_demo(image=args.image, codec=args.codec, bpp=args.bpp, out_dir=args.out, backbone=args.backbone, device=args.device))
     return 0
@@ -346,8 +346,8 @@ def _arch_from_args(args: argparse.Namespace):
     """egc-tiny's default architecture with the command line's changes (a resumed phase keeps its checkpoint's)."""
     from dataclasses import replace
 
-    from .tiny import TAESD_CHANNELS
-    from .train_backbone import EGC_TINY_CONFIG
+    from .models.tiny import TAESD_CHANNELS
+    from .training.backbone import EGC_TINY_CONFIG
 
     names = {"vae_type": "vae_type", "vae_channels": "vae_channels", "vae_blocks": "vae_blocks", "unet_channels": "unet_channels",
              "latent_channels": "latent_channels", "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block",
@@ -360,7 +360,7 @@ def _arch_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.what == "backbone":
-        from .train_backbone import BackboneTrainConfig, train
+        from .training.backbone import BackboneTrainConfig, train
 
         cfg = BackboneTrainConfig(phase=args.phase, ckpt_dir=args.ckpt, data_dir=args.data, steps=args.steps,
                                   batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
@@ -372,8 +372,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.what == "textinv-prior":
         from .backbone import load_backbone
+        from .codecs.textual_inversion import InversionConfig, fit_embedding_prior, prior_path
         from .data import list_images, load_image, training_photos_dir
-        from .textual_inversion import InversionConfig, fit_embedding_prior, prior_path
 
         b = load_backbone(args.backbone, device=args.device)
         folder = Path(args.data) if args.data else training_photos_dir()
@@ -384,7 +384,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(prior.save(out), f"sigma mean {float(prior.sigma.mean()):.4f}")
         return 0
     if args.what == "diffeic":
-        from .diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
+        from .models.diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
 
         model = DiffEICConfig(N=args.n, M=args.m, control=args.control, control_ratio=args.control_ratio, lmbda=args.lmbda,
                               z0_modulation=args.z0_modulation, sft_channels=args.sft_channels, context=args.context,
@@ -401,7 +401,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (args.out is None) == (args.quality is None):  # checked before the slow imports
             raise ParameterError("give either --out FOLDER or --quality N")
         from .codecs.diffeic import QUALITY_LAMBDA, rate_points_root
-        from .diffeic import checkpoint_backbone_id, export_diffeic
+        from .models.diffeic import checkpoint_backbone_id, export_diffeic
 
         if args.quality is not None and args.quality not in QUALITY_LAMBDA:
             raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")
@@ -409,7 +409,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(export_diffeic(args.ckpt, out))
         return 0
     if args.what == "export":
-        from .train_backbone import export_backbone, export_vae
+        from .training.backbone import export_backbone, export_vae
 
         if args.vae_only:
             from .backbone import EGC_TINY_DIR

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .bitstream import atomic_write_bytes
+from .coding.bitstream import atomic_write_bytes
 from .errors import EGCError, ImageError, ParameterError
 
 __all__ = [

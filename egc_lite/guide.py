@@ -10,7 +10,7 @@ code with a classic codec, upsample.
   the same function makes the guide and, inside compression guidance, degrades the
   decoder's estimate, so the two match exactly.
 * The small image is quantized to 8 bits and coded with JPEG, WebP or AVIF
-  (:mod:`egc_lite.baselines`); the guide's bytes are that file alone (its size is known
+  (:mod:`egc_lite.coding.classic`); the guide's bytes are that file alone (its size is known
   to the decoder from the image size and ``factor``).
 * :func:`upsample` is bicubic (``align_corners=False``) and clamped to ``[0, 1]``.
   Given ``factor``, it enlarges the small image to the *padded* size
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .baselines import (
+from .coding.classic import (
     QUALITY_RANGE,
     check_codec,
     classic_unavailable_reason,

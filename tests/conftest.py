@@ -66,7 +66,7 @@ def photo_folder(tmp_path):
 @pytest.fixture(scope="session")
 def sd_folder(tmp_path_factory):
     """A tiny random model saved in Stable Diffusion's folder layout, text encoder included."""
-    from egc_lite.tiny import write_tiny_sd_folder
+    from egc_lite.models.tiny import write_tiny_sd_folder
 
     return write_tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd") / "sd", seed=3)
 

@@ -1,13 +1,13 @@
 """Sampler, classifier-free guidance, v-prediction and compression guidance against closed forms
-(issue 11): Gaussian data has exact noise and v predictors (egc_lite.analytic)."""
+(issue 11): Gaussian data has exact noise and v predictors (egc_lite.sampling.analytic)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from egc_lite.analytic import gaussian_backbone
-from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample, output_to_epsilon, predict_z0, step_sigma, timesteps
+from egc_lite.sampling.analytic import gaussian_backbone
+from egc_lite.sampling.ddim import SamplerConfig, alpha_bar, ddim_sample, output_to_epsilon, predict_z0, step_sigma, timesteps
 
 N = 2048  # samples: the standard error of a mean is 1/sqrt(N * 16 values) ~ 0.006 s
 
@@ -68,9 +68,9 @@ def test_classifier_free_guidance_moves_the_mean_as_the_formula_says(kind, scale
 def test_compression_guidance_step_has_the_documented_size_and_sign():
     """Fault 8 (docstring): the correction added to z_{t'} is -2 s_c (z0_hat - target) in the latent mode
     (k = 1), so the next clean estimate moves by that over sqrt(abar_{t'}) (11.7x at the first of 50 steps)."""
-    from egc_lite.guidance import CompressionGuidanceConfig, compression_guidance
     from egc_lite.guide import degrade, upsample
-    from egc_lite.sampling import StepState, unet_denoiser
+    from egc_lite.sampling.ddim import StepState, unet_denoiser
+    from egc_lite.sampling.guidance import CompressionGuidanceConfig, compression_guidance
 
     b = gaussian_backbone(std=0.5)
     size, factor = (64, 64), 8
@@ -90,17 +90,17 @@ def test_compression_guidance_step_has_the_documented_size_and_sign():
     assert torch.allclose(corr, -2 * sc * (z0 - target), atol=1e-5)
     assert abs(1 / a_prev**0.5 - 11.72) < 0.01  # the clean-space step factor at the first of 50 steps
     # ... and the documentation says so (it claimed s_c was the clean-latent step at every t)
-    import egc_lite.guidance
+    import egc_lite.sampling.guidance
 
-    assert "11.7 at the first of 50" in " ".join(egc_lite.guidance.__doc__.split())
+    assert "11.7 at the first of 50" in " ".join(egc_lite.sampling.guidance.__doc__.split())
 
 
 def test_compression_guidance_pulls_samples_towards_the_target():
     """Over a whole run the guided samples end nearer the target than unguided ones, by the amount the
     per-step pull predicts: with s_c large they land on it."""
-    from egc_lite.guidance import CompressionGuidanceConfig, compression_guidance
     from egc_lite.guide import degrade, upsample
-    from egc_lite.sampling import unet_denoiser
+    from egc_lite.sampling.ddim import unet_denoiser
+    from egc_lite.sampling.guidance import CompressionGuidanceConfig, compression_guidance
 
     b = gaussian_backbone(std=0.5)
     size, factor = (32, 32), 8

@@ -10,7 +10,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 
-from egc_lite.autoencoder import (
+from egc_lite.coding.budget import vae_decoder_bytes
+from egc_lite.errors import ModelNotFoundError
+from egc_lite.models.autoencoder import (
     decoder_last_layer,
     enable_gradient_checkpointing,
     encoder_modules,
@@ -20,9 +22,7 @@ from egc_lite.autoencoder import (
     vae_downsampling,
     vae_latent,
 )
-from egc_lite.budget import vae_decoder_bytes
-from egc_lite.errors import ModelNotFoundError
-from egc_lite.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, build_vae
+from egc_lite.models.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, build_vae
 
 
 @pytest.fixture(scope="module")

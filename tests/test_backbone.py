@@ -78,7 +78,7 @@ def test_device_errors():
 
 def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image):
     """The shipped backbone: from the package folder, no network, a two-step sample and a VAE round trip."""
-    from egc_lite.sampling import SamplerConfig, ddim_sample
+    from egc_lite.sampling.ddim import SamplerConfig, ddim_sample
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     b = load_backbone("egc-tiny", device="cpu")
@@ -90,8 +90,8 @@ def test_egc_tiny_loads_offline_and_samples_two_steps(monkeypatch, smooth_image)
     x = b.decode(z)
     assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all()
     smooth = smooth_image(64, 64, grid=(4, 4), seed=0, batch=1)
-    from egc_lite.tiny import build_components
-    from egc_lite.train_backbone import EGC_TINY_CONFIG
+    from egc_lite.models.tiny import build_components
+    from egc_lite.training.backbone import EGC_TINY_CONFIG
 
     untrained = build_components(EGC_TINY_CONFIG, seed=0).vae.eval()
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_backbone_id_is_a_short_content_id(tmp_path, sd_folder):
     assert load_backbone(str(renamed), device="cpu").backbone_id == b.backbone_id
     # other variants cached beside the weights, and codec A's prior (fault 3), change nothing
     shutil.copy(renamed / "unet/diffusion_pytorch_model.safetensors", renamed / "unet/diffusion_pytorch_model.fp16.safetensors")
-    from egc_lite.textual_inversion import EmbeddingPrior
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior
 
     EmbeddingPrior(sigma=torch.full((b.cond_dim,), 0.3)).save(renamed)
     (renamed / "notes.json").write_text("{}")
@@ -130,7 +130,7 @@ def test_backbone_id_is_a_short_content_id(tmp_path, sd_folder):
 
 def test_fp16_variant_only_folder_loads(tmp_path, sd_folder):
     """Issue 11, fault 6: a cache with only ``*.fp16.safetensors`` loads (variant and dtype passed)."""
-    from egc_lite.tiny import write_fp16_variant_folder
+    from egc_lite.models.tiny import write_fp16_variant_folder
 
     folder = write_fp16_variant_folder(sd_folder, tmp_path / "fp16-only")
     assert not list(folder.rglob("diffusion_pytorch_model.safetensors"))
@@ -221,7 +221,7 @@ def test_backbone_with_a_tiny_autoencoder_round_trips_through_a_folder(tmp_path,
     """An AutoencoderTiny backbone: deterministic /8 latents, the class kept by save and load, the same id."""
     from diffusers import AutoencoderTiny
 
-    from egc_lite.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
+    from egc_lite.models.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
 
     b = tiny_random_backbone(seed=0, cfg=TEST_TINY_AE_CONFIG, precision="fp32")
     assert isinstance(b.vae, AutoencoderTiny) and b.vae_factor == 8 and b.size_multiple == 16
@@ -246,7 +246,7 @@ def test_backbone_with_a_tiny_autoencoder_round_trips_through_a_folder(tmp_path,
 
 
 def test_bf16_inference_puts_the_tiny_decoder_in_channels_last():
-    from egc_lite.tiny import TEST_TINY_AE_CONFIG
+    from egc_lite.models.tiny import TEST_TINY_AE_CONFIG
 
     b = tiny_random_backbone(seed=0, cfg=TEST_TINY_AE_CONFIG, precision="bf16")
     first = b.vae.decoder.layers[0].weight

@@ -1,4 +1,4 @@
-"""Tests of egc_lite.baselines: JPEG / WebP / AVIF through Pillow at target rates."""
+"""Tests of egc_lite.coding.classic: JPEG / WebP / AVIF through Pillow at target rates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from egc_lite.baselines import (
+from egc_lite.coding.classic import (
     CLASSIC_CODECS,
     QUALITY_RANGE,
     classic_available,
@@ -120,11 +120,11 @@ def test_garbage_and_truncated_data_raise_bitstream_error():
 
 
 def test_missing_avif_support_is_reported_with_fix(monkeypatch):
-    from egc_lite import baselines
+    from egc_lite.coding import classic
     from egc_lite.guide import GuideConfig
 
-    real_check = baselines.features.check
-    monkeypatch.setattr(baselines.features, "check", lambda name: False if name == "avif" else real_check(name))
+    real_check = classic.features.check
+    monkeypatch.setattr(classic.features, "check", lambda name: False if name == "avif" else real_check(name))
     assert not classic_available("avif")
     reason = classic_unavailable_reason("avif")
     assert "avif" in reason and "pip install" in reason

@@ -1,4 +1,4 @@
-"""Tests of the egc_lite bitstream container (egc_lite.bitstream)."""
+"""Tests of the egc_lite bitstream container (egc_lite.coding.bitstream)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from egc_lite import bitstream as bsmod
-from egc_lite.bitstream import (
+from egc_lite.coding import bitstream as bsmod
+from egc_lite.coding.bitstream import (
     CODEC_IDS,
     FORMAT_VERSION,
     MAGIC,

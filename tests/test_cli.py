@@ -51,8 +51,8 @@ def test_textinv_through_cli_with_tiny_backbone(tmp_path, image_file, capsys):
 
 def test_textinv_guidance_mode_goes_into_the_header(tmp_path, image_file):
     """``--guidance-mode`` picks codec A's compression guidance (stored as ``gm``); a mode not offered is refused."""
-    from egc_lite.bitstream import read_bitstream
-    from egc_lite.guidance import GUIDANCE_MODES
+    from egc_lite.coding.bitstream import read_bitstream
+    from egc_lite.sampling.guidance import GUIDANCE_MODES
 
     args = ["--backbone", "tiny-random", "--device", "cpu", "--no-progress", "--bpp", "0.3", "--steps", "2", "--inversion-steps", "1"]
     modes = {}
@@ -71,7 +71,7 @@ def test_textinv_guidance_mode_goes_into_the_header(tmp_path, image_file):
 
 def test_diffeic_through_cli_stores_start_step_and_eta(tmp_path, image_file, capsys):
     """Codec B with a shipped egc-tiny rate point: --start-step and --eta go into the header (info shows them)."""
-    from egc_lite.bitstream import read_bitstream
+    from egc_lite.coding.bitstream import read_bitstream
 
     args = ["--backbone", "egc-tiny", "--device", "cpu", "--no-progress"]
     out = tmp_path / "b.egc"
@@ -211,7 +211,7 @@ def test_light_commands_import_only_what_they_need(tmp_path, image_file, argv, n
 # ---------------------------------------------------------------- issue 11: the Stable Diffusion path's options
 def test_codec_a_token_window_and_rate_share_are_command_line_options(tmp_path, image_file):
     """Fault 2: the optimized token window and the embedding's share of the byte budget can be set."""
-    from egc_lite.bitstream import read_bitstream
+    from egc_lite.coding.bitstream import read_bitstream
 
     common = ["compress", str(image_file), "--codec", "textinv", "--backbone", "tiny-random", "--device", "cpu",
               "--bpp", "0.05", "--steps", "2", "--inversion-steps", "2", "--token-start", "1", "--n-tokens", "2"]
@@ -247,7 +247,7 @@ def test_prior_fitting_loads_the_backbone_on_the_device_asked_for(tmp_path, monk
 
 def test_diffeic_rate_points_from_a_folder_named_on_the_command_line(tmp_path, image_file, tiny_backbone):
     """Fault 5: compress and decompress take --weights, a folder of the user's rate points q1..q5."""
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
 
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
     mine = tmp_path / "mine"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, DiffEICCodec, make_codec
 from egc_lite.codecs.diffeic import DEFAULT_STEPS, default_start_step
-from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
-from egc_lite.entropy import update_tables
+from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
+from egc_lite.coding.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
+from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
 
 TINY = DiffEICConfig(N=16, M=24)
 #: A codec B file made with the second egc-tiny's rate point q1 (narrow control module; egc_lite/assets/coffee.png
@@ -290,7 +290,7 @@ def test_bf16_decode_in_another_process_gives_the_same_pixels(tmp_path, codecs_b
         import torch
         torch.set_num_threads({torch.get_num_threads()})
         from egc_lite.backbone import tiny_random_backbone
-        from egc_lite.bitstream import read_bitstream
+        from egc_lite.coding.bitstream import read_bitstream
         from egc_lite.codecs import DiffEICCodec
         b = tiny_random_backbone(seed=0, precision="bf16")
         assert b.inference_precision == "bf16"

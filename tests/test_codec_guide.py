@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egc_lite.bitstream import decode_bitstream, encode_bitstream
 from egc_lite.codecs import CompressOptions, decompress, make_codec
+from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream
 from egc_lite.errors import BitstreamError, ParameterError
 from egc_lite.metrics import psnr
 

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
+from egc_lite.codecs.textual_inversion import InversionConfig
+from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.errors import BitstreamError, ParameterError
-from egc_lite.sampling import SamplerConfig
-from egc_lite.textual_inversion import InversionConfig
+from egc_lite.sampling.ddim import SamplerConfig
 
 FAST = TextInvConfig(inversion=InversionConfig(steps=3), sampler=SamplerConfig(steps=3, guidance_scale=2.0))
 
@@ -58,8 +58,8 @@ def test_embedding_symbols_round_trip(codec, tiny_backbone):
 
 @pytest.mark.parametrize("mode, scale", [("latent", 0.2), ("fast", 20.0), ("full", 20.0)])
 def test_compression_guidance_pulls_towards_the_guide(codec, stream, image, mode, scale):
-    from egc_lite.guidance import CompressionGuidanceConfig
     from egc_lite.guide import decode_guide, degrade
+    from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
     small, _ = decode_guide(stream.sections["guide"], (96, 128), stream.params["f"])
     off = codec.decompress(stream, guidance=CompressionGuidanceConfig(scale=0.0))
@@ -109,7 +109,7 @@ def test_stable_diffusion_layout_path(sd_folder):
 # ---------------------------------------------------------------- issue 11, fault 8 (rate details) and 3 (priors)
 def test_rate_term_keeps_its_gradient_far_from_zero():
     """|e - e_null| = 1.0 at the default step 0.05 with sigma 0.1: Phi(a) - Phi(b) saturated in float32."""
-    from egc_lite.textual_inversion import EmbeddingPrior
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior
 
     prior = EmbeddingPrior(sigma=torch.full((4,), 0.1))
     sym = torch.full((1, 1, 4), 20.0, requires_grad=True)
@@ -126,7 +126,7 @@ def test_rate_term_keeps_its_gradient_far_from_zero():
 def test_encoder_and_decoder_use_the_same_fixed_point_step(tiny_backbone, image):
     """A step the header cannot hold exactly (0.00014 -> 1 unit of 1e-4) must not desynchronise the decoder."""
     from egc_lite.codecs.textinv import FIXED
-    from egc_lite.textual_inversion import quantize_embedding
+    from egc_lite.codecs.textual_inversion import quantize_embedding
 
     cfg = dataclasses.replace(FAST, inversion=InversionConfig(steps=3, step_size=0.00014, lr=0.01))
     codec = TextInvCodec(tiny_backbone, cfg)
@@ -141,7 +141,7 @@ def test_encoder_and_decoder_use_the_same_fixed_point_step(tiny_backbone, image)
 def test_codec_a_tables_are_shipped_not_rebuilt(monkeypatch, tiny_backbone):
     from compressai.entropy_models import GaussianConditional
 
-    import egc_lite.entropy as entropy
+    import egc_lite.coding.entropy as entropy
 
     def no_rebuild(*a, **k):
         raise AssertionError("codec A rebuilt its tables at run time")
@@ -163,7 +163,7 @@ def test_codec_a_tables_are_shipped_not_rebuilt(monkeypatch, tiny_backbone):
 
 
 def test_a_file_made_under_another_prior_is_refused(tmp_path, tiny_backbone, stream):
-    from egc_lite.textual_inversion import EmbeddingPrior
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior
 
     path = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.37)).save(tmp_path / "p.safetensors")
     other = TextInvCodec(tiny_backbone, dataclasses.replace(FAST, prior_path=str(path)))
@@ -175,7 +175,7 @@ def test_a_file_made_under_another_prior_is_refused(tmp_path, tiny_backbone, str
 def test_a_decoder_holding_another_prior_refuses_the_file(tiny_backbone, stream):
     """Fault 3: the prior is not in the backbone id, so the header carries its fingerprint; a decoder whose
     prior differs (refitted, or another user's) refuses the file instead of decoding garbage."""
-    from egc_lite.textual_inversion import EmbeddingPrior
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior
 
     other = TextInvCodec(tiny_backbone, FAST)
     other.prior = EmbeddingPrior(sigma=torch.full((tiny_backbone.cond_dim,), 0.37), fitted=True)

@@ -8,15 +8,15 @@ import dataclasses
 import pytest
 import torch
 
-from egc_lite.analytic import gaussian_backbone
-from egc_lite.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
-from egc_lite.consistency import ConsistencyConfig, ilvr_hook, low_pass, pixel_projection
+from egc_lite.codecs.textual_inversion import InversionConfig
+from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.errors import BitstreamError, ParameterError
-from egc_lite.guidance import guide_latent
 from egc_lite.guide import degrade
-from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample
-from egc_lite.textual_inversion import InversionConfig
+from egc_lite.sampling.analytic import gaussian_backbone
+from egc_lite.sampling.consistency import ConsistencyConfig, ilvr_hook, low_pass, pixel_projection
+from egc_lite.sampling.ddim import SamplerConfig, alpha_bar, ddim_sample
+from egc_lite.sampling.guidance import guide_latent
 
 ILVR = ConsistencyConfig(mode="ilvr", until=1.0)
 
@@ -71,7 +71,7 @@ def test_until_limits_the_steps_and_zero_is_the_papers_decoder():
 
 
 def test_ilvr_overrides_only_the_low_pass_of_the_guidance_correction():
-    from egc_lite.sampling import StepState
+    from egc_lite.sampling.ddim import StepState
 
     ref, k = _reference(), 2
     inner_corr = _reference(seed=9)

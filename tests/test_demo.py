@@ -12,7 +12,7 @@ from PIL import Image
 
 from egc_lite import data
 from egc_lite.data import DEMO_IMAGE, load_image, save_image
-from egc_lite.demo import demo_input
+from egc_lite.evaluate.demo import demo_input
 
 
 def test_the_shipped_photo_is_small_documented_and_codec_friendly() -> None:

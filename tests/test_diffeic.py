@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egc_lite.diffeic import (
+from egc_lite.coding.entropy import likelihood_bits, update_tables
+from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
+from egc_lite.models.diffeic import (
     LEGACY_FIELDS,
     DiffEICConfig,
     DiffEICModel,
@@ -28,8 +30,6 @@ from egc_lite.diffeic import (
     save_diffeic,
     train_diffeic,
 )
-from egc_lite.entropy import likelihood_bits, update_tables
-from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = DiffEICConfig(N=16, M=24)
@@ -494,9 +494,9 @@ def test_checkerboard_codes_spatially_correlated_latents_in_fewer_bytes():
 def test_decode_in_another_process_is_bit_exact(tmp_path, model, variants, tiny_backbone, name):
     """A file made here decodes to the same content variables in a fresh process (compressor only:
     the subprocess imports neither diffusers nor the backbone, to stay cheap)."""
-    from egc_lite.bitstream import write_bitstream
     from egc_lite.codecs import CompressOptions
     from egc_lite.codecs.diffeic import DiffEICCodec
+    from egc_lite.coding.bitstream import write_bitstream
 
     model = variants.get(name, model)
     folder = save_diffeic(model, tmp_path / "q3", tiny_backbone.backbone_id)
@@ -509,8 +509,8 @@ def test_decode_in_another_process_is_bit_exact(tmp_path, model, variants, tiny_
     code = f"""
         import torch
         torch.set_num_threads({torch.get_num_threads()})  # float32 results depend on the thread count
-        from egc_lite.bitstream import read_bitstream
-        from egc_lite.diffeic import load_compressor
+        from egc_lite.coding.bitstream import read_bitstream
+        from egc_lite.models.diffeic import load_compressor
         comp = load_compressor({str(folder)!r})
         bs = read_bitstream({str(tmp_path / 'a.egc')!r})
         shape = (-(-bs.height // 64), -(-bs.width // 64))
@@ -631,7 +631,7 @@ def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny
         for m in model.control.output_projections():
             for p in m.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    from egc_lite.sampling import unet_denoiser
+    from egc_lite.sampling.ddim import unet_denoiser
 
     first_conv = next(m for m in model.control.modules() if isinstance(m, torch.nn.Conv2d))
     seen: list[torch.dtype] = []

@@ -1,4 +1,4 @@
-"""Tests of egc_lite.entropy: quantization, rates, tables, exact and cross-process round trips."""
+"""Tests of egc_lite.coding.entropy: quantization, rates, tables, exact and cross-process round trips."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
-from egc_lite.entropy import (
+from egc_lite.coding.entropy import (
     MIN_CODED_SYMBOLS,
     GaussianStreamDecoder,
     GaussianStreamEncoder,
@@ -336,7 +336,7 @@ def test_decode_in_fresh_process_is_bit_exact(tmp_path: Path, trained: EntropyBo
         import torch
         from torch import nn
         from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-        from egc_lite.entropy import fit_table_buffers, decompress_factorized, decompress_gaussian
+        from egc_lite.coding.entropy import fit_table_buffers, decompress_factorized, decompress_gaussian
         p = torch.load({str(tmp_path / "in.pt")!r})
         model = nn.ModuleDict({{"eb": EntropyBottleneck(4), "gc": GaussianConditional(None)}})
         state = {{k[len("codec."):]: v for k, v in p["state"].items()}}
@@ -363,7 +363,7 @@ def test_garbage_and_tiny_streams_do_not_crash() -> None:
         """
         import random, torch
         from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-        from egc_lite.entropy import *
+        from egc_lite.coding.entropy import *
         torch.manual_seed(0)
         eb = EntropyBottleneck(4); update_tables(eb)
         gc = GaussianConditional(None); update_tables(gc)

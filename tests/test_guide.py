@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from egc_lite.baselines import classic_available, encode_classic
+from egc_lite.coding.classic import classic_available, encode_classic
 from egc_lite.errors import BitstreamError, ParameterError
 from egc_lite.guide import (
     GuideConfig,

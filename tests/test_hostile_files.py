@@ -14,11 +14,11 @@ import zlib
 import pytest
 import torch
 
-from egc_lite.bitstream import Bitstream, decode_bitstream, encode_bitstream
 from egc_lite.codecs import CompressOptions, DiffEICCodec, GuideCodec, TextInvCodec, TextInvConfig
+from egc_lite.codecs.textual_inversion import InversionConfig
+from egc_lite.coding.bitstream import Bitstream, decode_bitstream, encode_bitstream
 from egc_lite.errors import BitstreamError
-from egc_lite.sampling import SamplerConfig
-from egc_lite.textual_inversion import InversionConfig
+from egc_lite.sampling.ddim import SamplerConfig
 
 SIDES = (1, 7, 8, 63, 64, 65, 200, 4096, 65535)
 INTS = (-(2**63), -1, 0, 1, 2, 3, 7, 64, 65, 1000, 1001, 2**31, 2**62)
@@ -26,8 +26,8 @@ INTS = (-(2**63), -1, 0, 1, 2, 3, 7, 64, 65, 1000, 1001, 2**31, 2**62)
 
 @pytest.fixture(scope="module")
 def valid(tiny_backbone, smooth_image):
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel
-    from egc_lite.entropy import update_tables
+    from egc_lite.coding.entropy import update_tables
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
 
     x = smooth_image(64, 64, seed=4)
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
@@ -120,8 +120,8 @@ def test_structure_aware_fuzz(valid, name, monkeypatch):
 def test_a_header_size_beside_payloads_of_another_image_is_refused_before_decoding(valid, name, size, monkeypatch):
     """The issue's case: a header claiming a 1x65535 image beside the payloads of a 64x64 one."""
     import egc_lite.codecs.textinv as ta
-    import egc_lite.sampling as sampling
-    from egc_lite.diffeic import LatentCompressor
+    import egc_lite.sampling.ddim as sampling
+    from egc_lite.models.diffeic import LatentCompressor
 
     monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
 
@@ -138,7 +138,7 @@ def test_a_header_size_beside_payloads_of_another_image_is_refused_before_decodi
 
 
 def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
-    from egc_lite.budget import backbone_decode_bytes
+    from egc_lite.coding.budget import backbone_decode_bytes
 
     small = backbone_decode_bytes(tiny_backbone, 64, 64)
     wide = backbone_decode_bytes(tiny_backbone, 64, 65535)
@@ -147,8 +147,8 @@ def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
 
 def test_budget_counts_the_backward_pass_of_each_guidance_mode(tiny_backbone):
     """fast keeps the decoder's maps for a backward pass, full also the UNet's: none < decoder < all."""
-    from egc_lite.budget import backbone_decode_bytes
-    from egc_lite.guidance import CompressionGuidanceConfig
+    from egc_lite.coding.budget import backbone_decode_bytes
+    from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
     none, dec, full = (backbone_decode_bytes(tiny_backbone, 256, 256, grad=CompressionGuidanceConfig(mode=m).backward)
                        for m in ("latent", "fast", "full"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from egc_lite.errors import ParameterError
-from egc_lite.sampling import SamplerConfig, alpha_bar, ddim_sample, initial_noise, predict_z0, step_sigma, timesteps
+from egc_lite.sampling.ddim import SamplerConfig, alpha_bar, ddim_sample, initial_noise, predict_z0, step_sigma, timesteps
 
 
 def test_same_seed_same_latent_and_seed_changes_it(tiny_backbone):
@@ -93,7 +93,7 @@ def test_step_sigma_is_the_ddpm_posterior_std_at_eta_one(tiny_backbone):
 def test_bf16_denoiser_and_sampling_are_deterministic_and_close_to_float32(tiny_by_precision):
     """Issue 13: the UNet runs under bf16 autocast (its prediction differs from float32's, by bf16's rounding:
     measured relative RMS about 0.01) and a seed still gives the same latent bit for bit."""
-    from egc_lite.sampling import unet_denoiser
+    from egc_lite.sampling.ddim import unet_denoiser
 
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([500, 900])

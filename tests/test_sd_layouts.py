@@ -16,16 +16,16 @@ from PIL import Image
 
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec, TextInvConfig
+from egc_lite.codecs.textual_inversion import InversionConfig
 from egc_lite.errors import EGCWarning
-from egc_lite.sampling import SamplerConfig
-from egc_lite.textual_inversion import InversionConfig
+from egc_lite.sampling.ddim import SamplerConfig
 
 LAYOUTS = ["sd15", "sd21-base", "sd21", "sd15-fp16", "sd15-taesd"]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from egc_lite.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
+    from egc_lite.models.tiny import TEST_TINY_AE_CONFIG, write_fp16_variant_folder, write_tiny_sd_folder
 
     root = tmp_path_factory.mktemp("sd-layouts")
     out = {name: write_tiny_sd_folder(root / name, seed=1, layout=name) for name in ("sd15", "sd21-base", "sd21")}
@@ -37,8 +37,8 @@ def folders(tmp_path_factory):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_both_codecs_round_trip_on_each_layout(folders, layout, smooth_image):
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel
-    from egc_lite.entropy import update_tables
+    from egc_lite.coding.entropy import update_tables
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
 
     b = load_backbone(str(folders[layout]), device="cpu")
     assert type(b.vae).__name__ == ("AutoencoderTiny" if layout.endswith("taesd") else "AutoencoderKL")
@@ -70,7 +70,7 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
     from diffusers import UNet2DConditionModel
     from test_diffeic import _randomise_projections, _reference_loop
 
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel, unet_summary
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, unet_summary
 
     heads = 8 if layout == "sd15" else (5, 10, 20, 20)
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
 def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_image, monkeypatch):
     """Fault 5: exported points go to <root>/<backbone id>/qN; --weights names any folder of points."""
     from egc_lite.codecs.diffeic import rate_points_root
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
 
     monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
@@ -115,7 +115,7 @@ def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_im
 def test_prior_fitting_never_writes_into_the_model_folder(tmp_path, folders, monkeypatch):
     """Fault 3: the prior goes to the user's prior folder for the backbone id; the id does not change."""
     from egc_lite.cli import main
-    from egc_lite.textual_inversion import EmbeddingPrior, prior_path
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior, prior_path
 
     monkeypatch.setenv("EGC_PRIORS", str(tmp_path / "priors"))
     photos = tmp_path / "photos"

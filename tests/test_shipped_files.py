@@ -87,7 +87,7 @@ def load(codec: str):
 
 def write_fixtures() -> None:
     """Compress the crop with each codec, decode the file and record the decoding (today's code)."""
-    from egc_lite.bitstream import read_bitstream, write_bitstream
+    from egc_lite.coding.bitstream import read_bitstream, write_bitstream
     from egc_lite.data import save_image
 
     x = fixture_image()
@@ -109,7 +109,7 @@ def record() -> dict:
 
 @pytest.mark.parametrize("name", CODECS)
 def test_shipped_file_decodes_to_its_recorded_pixels(name, record):
-    from egc_lite.bitstream import read_bitstream
+    from egc_lite.coding.bitstream import read_bitstream
     from egc_lite.data import load_image, pil_to_tensor, tensor_to_pil
     from egc_lite.metrics import psnr
 

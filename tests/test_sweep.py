@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from egc_lite.codecs import CompressOptions, TextInvCodec, TextInvConfig
-from egc_lite.guidance import CompressionGuidanceConfig
-from egc_lite.sampling import SamplerConfig
-from egc_lite.sweep import SC_RANGES, GuidancePanel, guidance_sweep, plot_heatmaps
-from egc_lite.textual_inversion import InversionConfig
+from egc_lite.codecs.textual_inversion import InversionConfig
+from egc_lite.evaluate.scale_sweep import SC_RANGES, GuidancePanel, guidance_sweep, plot_heatmaps
+from egc_lite.sampling.ddim import SamplerConfig
+from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egc_lite.textual_inversion import (
+from egc_lite.codecs.textual_inversion import (
     EmbeddingPrior,
     InversionConfig,
     denoising_loss,
@@ -80,7 +80,7 @@ def test_prior_saved_beside_backbone_is_used(tmp_path, tiny_backbone):
 
 
 def test_fit_prior_gives_positive_scales_per_channel(tiny_backbone):
-    from egc_lite.textual_inversion import fit_embedding_prior
+    from egc_lite.codecs.textual_inversion import fit_embedding_prior
 
     g = torch.Generator().manual_seed(5)
     images = [torch.rand(3, 40, 56, generator=g) for _ in range(2)]
@@ -95,7 +95,7 @@ def test_inversion_recovers_the_data_mean_for_either_prediction_type(kind):
     """Fault 1 (inversion loss): the Gaussian denoiser reads the data mean from the embedding's first
     value, so the loss's minimiser is the latent's mean. A v-prediction output compared with the noise
     (the loss before the fix) pulls it to about abar (1 - s^2) times that mean instead (0.23 for 0.71)."""
-    from egc_lite.analytic import gaussian_backbone
+    from egc_lite.sampling.analytic import gaussian_backbone
 
     b = gaussian_backbone(std=0.5, prediction_type=kind)
     z0 = 0.7 + 0.5 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -111,7 +111,7 @@ def test_inversion_scales_the_loss_of_a_float16_backbone():
     import dataclasses
     from types import SimpleNamespace
 
-    from egc_lite.analytic import gaussian_backbone
+    from egc_lite.sampling.analytic import gaussian_backbone
 
     class Faint(torch.nn.Module):
         def __init__(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from egc_lite.errors import ParameterError
-from egc_lite.tiny import TAESD_CHANNELS, TEST_CONFIG, TinyBackboneConfig, build_components, build_vae
+from egc_lite.models.tiny import TAESD_CHANNELS, TEST_CONFIG, TinyBackboneConfig, build_components, build_vae
 
 
 def _params(module) -> int:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from egc_lite.backbone import load_backbone
 from egc_lite.cli import main
-from egc_lite.sampling import SamplerConfig, ddim_sample
-from egc_lite.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, ImageTokenEncoder, build_components, build_unet
-from egc_lite.train_backbone import (
+from egc_lite.models.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, ImageTokenEncoder, build_components, build_unet
+from egc_lite.sampling.ddim import SamplerConfig, ddim_sample
+from egc_lite.training.backbone import (
     BackboneTrainConfig,
     DenoisingLoss,
     _load_unet,
@@ -217,7 +217,7 @@ def test_cli_architecture_options_refuse_bad_lists(capsys):
 
 
 def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
-    from egc_lite.train_backbone import sample_timesteps
+    from egc_lite.training.backbone import sample_timesteps
 
     torch.manual_seed(0)
     uniform = sample_timesteps(40_000, 1000, "uniform")
@@ -233,7 +233,7 @@ def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
 
 
 def test_a_new_vae_starts_with_small_posterior_noise():
-    from egc_lite.train_backbone import INITIAL_LOGVAR, start_with_small_posterior_noise
+    from egc_lite.training.backbone import INITIAL_LOGVAR, start_with_small_posterior_noise
 
     vae = build_components(TEST_CONFIG, seed=0).vae
     x = torch.rand(1, 3, 32, 32) * 2 - 1
@@ -253,9 +253,9 @@ def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_p
     from diffusers import AutoencoderTiny
 
     from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec, TextInvConfig
-    from egc_lite.diffeic import DiffEICConfig, DiffEICModel
-    from egc_lite.entropy import update_tables
-    from egc_lite.textual_inversion import InversionConfig
+    from egc_lite.codecs.textual_inversion import InversionConfig
+    from egc_lite.coding.entropy import update_tables
+    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
 
     photos = photo_folder
     ckpt = tmp_path / "ckpt"

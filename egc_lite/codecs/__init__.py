@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..backbone import Backbone
-    from ..bitstream import Bitstream
+    from ..coding.bitstream import Bitstream
     from .base import Codec, CompressOptions
     from .diffeic import DiffEICCodec
     from .guide_codec import GuideCodec

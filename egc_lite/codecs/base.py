@@ -1,4 +1,4 @@
-"""What every codec of the kit is: image tensor in, :class:`~egc_lite.bitstream.Bitstream` out, and back."""
+"""What every codec of the kit is: image tensor in, :class:`~egc_lite.coding.bitstream.Bitstream` out, and back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..bitstream import Bitstream
+from ..coding.bitstream import Bitstream
 from ..errors import BitstreamError, ImageError, ParameterError
 
 if TYPE_CHECKING:  # the backbone module imports diffusers: only codecs that run a model pay for it
@@ -30,11 +30,11 @@ class CompressOptions:
     steps: int | None = None
     guidance_scale: float | None = None  # s_f (classifier-free guidance)
     compression_guidance: float | None = None  # s_c (codec A)
-    guidance_mode: str | None = None  # codec A: "fast" (the paper's decoded distance), "full" or "latent" (egc_lite.guidance)
+    guidance_mode: str | None = None  # codec A: "fast" (the paper's decoded distance), "full" or "latent" (egc_lite.sampling.guidance)
     start_step: int | None = None  # DiffEIC: start from the content variables at this step
-    eta: float | None = None  # DiffEIC: 0 = DDIM steps, 1 = ancestral DDPM-like steps (egc_lite.sampling)
+    eta: float | None = None  # DiffEIC: 0 = DDIM steps, 1 = ancestral DDPM-like steps (egc_lite.sampling.ddim)
     inversion_steps: int | None = None  # textinv: optimization steps of the embedding
-    consistency: str | None = None  # textinv: "none" (the paper) or "ilvr" (beyond the paper, egc_lite.consistency)
+    consistency: str | None = None  # textinv: "none" (the paper) or "ilvr" (beyond the paper, egc_lite.sampling.consistency)
     consistency_until: float | None = None  # textinv: fraction of the steps the consistency mechanism acts on
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Codec B: DiffEIC (Li et al., arXiv:2404.18820), latent feature guidance + a frozen diffusion prior.
 
 Encoder: pad the image to a multiple of 64, :math:`z_0 = s\\,\\mathcal{E}(x)`, then the learned
-compressor (:class:`~egc_lite.diffeic.LatentCompressor`) codes ``y`` (section ``"y"``) and the
+compressor (:class:`~egc_lite.models.diffeic.LatentCompressor`) codes ``y`` (section ``"y"``) and the
 hyper-latent (section ``"z"``). Decoder: the content variables ``c`` are decoded bit-exactly, then
 a seeded DDIM run of the frozen UNet steered by ``c`` through the control module (prompt always
 empty, :math:`s_f = 1`) gives :math:`\\hat z_0`, and the VAE decoder the image. With
@@ -15,7 +15,7 @@ and runs only the remaining steps. By default it does: ``start_step`` is
 :data:`DEFAULT_START_FRACTION` (0.6) of the steps, rounded, so 30 of 50 are skipped and 20 (40%) run.
 That value is a starting point, to be tuned on the *training* photos (never on Kodak, the test set);
 ``--start-step 0`` decodes from pure noise, as the paper's sampler does. ``eta`` (``--eta``, default 0)
-makes the steps stochastic: 0 is DDIM, 1 the ancestral DDPM-like sampler (:mod:`egc_lite.sampling`),
+makes the steps stochastic: 0 is DDIM, 1 the ancestral DDPM-like sampler (:mod:`egc_lite.sampling.ddim`),
 its noise drawn from the file's seed.
 
 Rate points: ``--quality N`` loads a folder ``q{N}`` (``config.json`` + ``model.safetensors``)
@@ -45,12 +45,12 @@ from typing import ClassVar
 
 import torch
 
-from ..bitstream import Bitstream
-from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
+from ..coding.bitstream import Bitstream
+from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
 from ..data import MAX_PIXELS, crop_to, pad_to_multiple
-from ..diffeic import COMPRESSOR_STRIDE, DiffEICModel, load_diffeic
 from ..errors import BitstreamError, ModelNotFoundError, ParameterError
-from ..sampling import SamplerConfig, check_steps, ddim_sample
+from ..models.diffeic import COMPRESSOR_STRIDE, DiffEICModel, load_diffeic
+from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample
 from .base import Codec, CompressOptions
 
 #: Where the shipped rate points live: ``<DIFFEIC_WEIGHTS>/q{N}``.

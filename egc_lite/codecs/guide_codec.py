@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from ..bitstream import Bitstream, encode_bitstream
+from ..coding.bitstream import Bitstream, encode_bitstream
 from ..errors import BitstreamError, ParameterError
 from ..guide import GuideConfig, decode_guide, encode_guide, guide_quality_for_bpp, guide_size
 from ..metrics import psnr

@@ -1,12 +1,12 @@
 """Codec A: the text-embedding codec (Pan, Zhou, Tian) with compression guidance.
 
 Encoder: textual inversion of a per-image embedding with a rate term
-(:mod:`egc_lite.textual_inversion`), its symbols entropy-coded under the backbone's fixed
+(:mod:`egc_lite.codecs.textual_inversion`), its symbols entropy-coded under the backbone's fixed
 prior, plus a guide image ``x_g`` (:mod:`egc_lite.guide`). Decoder: seeded DDIM from noise with
 classifier-free guidance (scale :math:`s_f`) and compression guidance (scale :math:`s_c`,
-:mod:`egc_lite.guidance`), then the VAE decoder. Beyond the paper, and off unless a file asks for it
+:mod:`egc_lite.sampling.guidance`), then the VAE decoder. Beyond the paper, and off unless a file asks for it
 (``consistency: ilvr``, header fields ``cm``/``cu``/``ck``), the decoder can also keep the output's low
-frequencies on the guide by ILVR's low-pass replacement (:mod:`egc_lite.consistency`).
+frequencies on the guide by ILVR's low-pass replacement (:mod:`egc_lite.sampling.consistency`).
 
 Rate control: the file is ``header + embedding + guide``. Given a target, the embedding's
 quantization step :math:`\\Delta` is the finest on a ladder whose symbols fit ``embedding_share``
@@ -29,24 +29,24 @@ from typing import ClassVar
 import torch
 from compressai.entropy_models import GaussianConditional
 
-from ..bitstream import Bitstream, encode_bitstream
-from ..budget import backbone_decode_bytes, check_decode, check_payload_bytes
-from ..consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
+from ..coding.bitstream import Bitstream, encode_bitstream
+from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
+from ..coding.entropy import compress_gaussian, decompress_gaussian
 from ..data import crop_to, pad_to_multiple
-from ..entropy import compress_gaussian, decompress_gaussian
 from ..errors import BitstreamError, ParameterError
-from ..guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
 from ..guide import decode_guide
-from ..sampling import SamplerConfig, check_steps, ddim_sample, unet_denoiser
-from ..textual_inversion import (
+from ..sampling.consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
+from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample, unet_denoiser
+from ..sampling.guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
+from .base import Codec, CompressOptions
+from .guide_codec import best_guide
+from .textual_inversion import (
     EmbeddingPrior,
     InversionConfig,
     dequantize_embedding,
     invert_embedding,
     quantize_embedding,
 )
-from .base import Codec, CompressOptions
-from .guide_codec import best_guide
 
 #: ``--quality N`` of this codec means a target rate (bpp).
 QUALITY_BPP = {1: 0.03, 2: 0.05, 3: 0.07, 4: 0.1, 5: 0.15}
@@ -271,12 +271,12 @@ class TextInvCodec(Codec):
         hook = compression_guidance(b, guide_small, (bs.height, bs.width), factor, gcfg, sampler.steps, denoiser)
         hook = hook if gcfg.scale > 0 else None
         ccfg = consistency or cfg.consistency
-        if ccfg.latent:  # beyond the paper (egc_lite.consistency)
+        if ccfg.latent:  # beyond the paper (egc_lite.sampling.consistency)
             ref = guide_latent(b, guide_small, (bs.height, bs.width), factor)
             hook = ilvr_hook(ref, ccfg.block_for(factor, b.vae_factor), ccfg, sampler.steps, hook)
         z0 = ddim_sample(b, cond, (hp // b.vae_factor, wp // b.vae_factor), sampler, denoiser, hook)
         with torch.no_grad():
             x = crop_to(b.decode(z0).float(), (bs.height, bs.width)).clamp(0, 1)
-            if ccfg.pixel:  # beyond the paper (egc_lite.consistency)
+            if ccfg.pixel:  # beyond the paper (egc_lite.sampling.consistency)
                 x = pixel_projection(x, guide_small, factor)
         return x[0].cpu()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..baselines import (
+from ..coding.classic import (
     CLASSIC_CODECS,
     QUALITY_RANGE,
     check_codec,
@@ -253,8 +253,8 @@ def _run_classic(x: torch.Tensor, codec: str, setting: Setting, path: Path) -> t
 
 
 def _run_generative(x: torch.Tensor, codec, setting: Setting, ov: CodecOverrides, path: Path) -> tuple[torch.Tensor, dict, float, float]:
-    from ..bitstream import read_bitstream, write_bitstream
     from ..codecs import CompressOptions
+    from ..coding.bitstream import read_bitstream, write_bitstream
 
     opts = CompressOptions(bpp=setting.value if setting.kind == "bpp" else None,
                            quality=int(setting.value) if setting.kind == "quality" else None,

@@ -5,7 +5,7 @@ channels, ``UNet2DConditionModel`` with cross-attention, ``DDIMScheduler``), onl
 that every code path of the kit is the one a GPU user runs with real weights. With
 ``vae_type="tiny"`` the autoencoder is diffusers' ``AutoencoderTiny`` (TAESD's class: plain
 convolutions, no normalisation to shift colours, a deterministic latent; see
-:mod:`egc_lite.autoencoder`). Measured on one thread of this repository's CPU (AMX, bf16 autocast,
+:mod:`egc_lite.models.autoencoder`). Measured on one thread of this repository's CPU (AMX, bf16 autocast,
 batch 4 of 192-px crops, ``benchmarks/training_throughput.py``): TAESD's 64-channel autoencoder
 (2.45 M parameters) takes 0.72 s per training step against 2.3-2.6 s for the ``AutoencoderKL``
 (64, 128, 256, 256) with one layer per block (15.0 M), and decodes a 768x512 image in 0.3-0.5 s
@@ -37,8 +37,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
+from ..errors import ParameterError
 from .autoencoder import AnyVAE, save_vae, vae_class_in
-from .errors import ParameterError
 
 VAE_TYPES = ("kl", "tiny")
 #: TAESD's widths (one per level: diffusers' ``AutoencoderTiny`` keeps the encoder's width constant).

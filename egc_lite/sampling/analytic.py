@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .backbone import Backbone
-from .tiny import TEST_CONFIG, build_scheduler, build_vae
+from ..backbone import Backbone
+from ..models.tiny import TEST_CONFIG, build_scheduler, build_vae
 
 
 class GaussianUNet(nn.Module):

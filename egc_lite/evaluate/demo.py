@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .baselines import classic_available, compress_at_bpp
-from .bitstream import read_bitstream, write_bitstream
-from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC, CompressOptions, load_codec
-from .data import DEMO_IMAGE, kodak_on_disk, load_image, load_kodak, pil_to_tensor, tensor_to_pil
-from .metrics import ms_ssim, psnr, sharpness
+from ..codecs import DEFAULT_BACKBONE, DEFAULT_CODEC, CompressOptions, load_codec
+from ..coding.bitstream import read_bitstream, write_bitstream
+from ..coding.classic import classic_available, compress_at_bpp
+from ..data import DEMO_IMAGE, kodak_on_disk, load_image, load_kodak, pil_to_tensor, tensor_to_pil
+from ..metrics import ms_ssim, psnr, sharpness
 
 #: The Kodak image the demo prefers when it is on disk.
 DEMO_KODAK = 23

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import ParameterError
-from .guide import degrade
-from .sampling import GuidanceHook, StepState, predict_z0
+from ..errors import ParameterError
+from ..guide import degrade
+from .ddim import GuidanceHook, StepState, predict_z0
 
 #: Consistency mechanisms (their index is what a file's header stores): ILVR in latent space during sampling,
 #: the pixel-space projection after decoding, or both.
@@ -118,7 +118,7 @@ def pixel_projection(x: torch.Tensor, guide_small: torch.Tensor, factor: int) ->
 
 def ilvr_hook(reference: torch.Tensor, k: int, config: ConsistencyConfig, steps: int,
               inner: GuidanceHook | None = None) -> GuidanceHook:
-    """A :data:`~egc_lite.sampling.GuidanceHook` adding the ILVR replacement (module docstring) to ``inner``'s
+    """A :data:`~egc_lite.sampling.ddim.GuidanceHook` adding the ILVR replacement (module docstring) to ``inner``'s
     correction (compression guidance, or none)."""
     config.validate()
     if not 1 <= k <= MAX_BLOCK:

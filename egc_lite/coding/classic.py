@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
-from .errors import BitstreamError, ParameterError
-from .metrics import bpp as _bpp
+from ..errors import BitstreamError, ParameterError
+from ..metrics import bpp as _bpp
 
 __all__ = [
     "AVIF_SPEED",

@@ -17,7 +17,7 @@ rounding while optimizing; each step sees ``batch`` random latent crops (``crop`
 side, the size egc-tiny was trained at), a cheaper estimate of the expectation over the whole
 image than the whole latent at every step; the transmitted symbols are :math:`q = \\mathrm{round}((e - e_\\varnothing)/\\Delta)`.
 For a ``v_prediction`` backbone the squared error is taken on :math:`v` (the model's own target,
-:func:`egc_lite.sampling.training_target`) instead of :math:`\\epsilon`.
+:func:`egc_lite.sampling.ddim.training_target`) instead of :math:`\\epsilon`.
 
 Token window: on a Stable Diffusion backbone (``backbone.bos``: position 0 is the text encoder's
 BOS token, identical for every prompt) the default optimizes :data:`SD_TOKENS` positions after
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from .backbone import Backbone
-from .errors import EGCWarning, ParameterError
-from .progress import progress
-from .sampling import training_target
+from ..backbone import Backbone
+from ..errors import EGCWarning, ParameterError
+from ..progress import progress
+from ..sampling.ddim import training_target
 
 PRIOR_FILE = "textinv_prior.safetensors"
 #: Scale of the unfitted prior (used when no fitted one is found).
@@ -308,7 +308,7 @@ def fit_embedding_prior(backbone: Backbone, images: list[torch.Tensor], config: 
     """
     import torch.nn.functional as F
 
-    from .data import pad_to_multiple
+    from ..data import pad_to_multiple
 
     config = config or InversionConfig(lmbda=0.0)
     sl = config.token_slice(backbone)

@@ -53,7 +53,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
-from .errors import BitstreamError, ParameterError
+from ..errors import BitstreamError, ParameterError
 
 __all__ = [
     "MAX_ABS_SYMBOL",
@@ -231,7 +231,7 @@ class _Tables:
 def _tables(m: EntropyBottleneck | GaussianConditional) -> _Tables:
     if m._offset.numel() == 0 or m._quantized_cdf.numel() == 0 or m._cdf_length.numel() == 0:
         raise ParameterError(
-            f"the {type(m).__name__} has no probability tables yet: call egc_lite.entropy.update_tables(model) "
+            f"the {type(m).__name__} has no probability tables yet: call egc_lite.coding.entropy.update_tables(model) "
             "after training (and save the state_dict with them)"
         )
     if getattr(m, "entropy_coder_precision", _PRECISION) != _PRECISION:

@@ -130,9 +130,9 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from torch import nn
 
-from .errors import BitstreamError, ModelNotFoundError, ParameterError
-from .precision import autocast, training_precision
-from .progress import progress
+from ..errors import BitstreamError, ModelNotFoundError, ParameterError
+from ..precision import autocast, training_precision
+from ..progress import progress
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -426,7 +426,7 @@ class LatentCompressor(nn.Module):
     """Hyperprior compressor from image (+ VAE latent) to content variables (module docstring).
 
     ``forward(x, z0)`` (training): ``c`` and the likelihoods ``{"y", "z"}``. :meth:`compress` /
-    :meth:`decompress`: real bytes through :mod:`egc_lite.entropy` (one item at a time).
+    :meth:`decompress`: real bytes through :mod:`egc_lite.coding.entropy` (one item at a time).
     ``x`` is ``(B, 3, H, W)`` in [0, 1] with H, W multiples of 64; ``z0`` is the backbone's
     scaled latent of ``x``. ``z0_modulation``: ``"concat"`` (z0 joins g_a's stride-8 features) or
     ``"sft"`` (SFT layers in :math:`g_a` and :math:`h_a`, :class:`AnalysisSFT`, :class:`HyperAnalysisSFT`,
@@ -527,7 +527,7 @@ class LatentCompressor(nn.Module):
     def entropy_forward(self, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:math:`\\hat y` (straight-through rounding) and the likelihoods ``{"y", "z"}`` of ``y`` and
         ``w`` (noisy proxies in training mode, rounded values in eval mode)."""
-        from .entropy import quantize
+        from ..coding.entropy import quantize
 
         _, w_lik = self.entropy_bottleneck(w)
         med = self.entropy_bottleneck._get_medians()
@@ -582,7 +582,7 @@ class LatentCompressor(nn.Module):
         quantised values must equal them, or a :class:`RuntimeError` says this machine's float32
         convolutions are not deterministic).
         """
-        from .entropy import GaussianStreamEncoder, compress_factorized, compress_gaussian
+        from ..coding.entropy import GaussianStreamEncoder, compress_factorized, compress_gaussian
 
         z_bytes = compress_factorized(self.entropy_bottleneck, w)
         shape = tuple(int(s) for s in w.shape[-2:])
@@ -611,13 +611,13 @@ class LatentCompressor(nn.Module):
         return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "y_hat": y_hat}
 
     def _decode_w(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
-        from .entropy import decompress_factorized
+        from ..coding.entropy import decompress_factorized
 
         return decompress_factorized(self.entropy_bottleneck, data, shape)
 
     def _decode_y(self, data: bytes, w_hat: torch.Tensor) -> torch.Tensor:
         """:math:`\\hat y` (CPU float32) from its bytes and the decoded hyper-latent."""
-        from .entropy import GaussianStreamDecoder, decompress_gaussian
+        from ..coding.entropy import GaussianStreamDecoder, decompress_gaussian
 
         if self.context is None:
             scales, means = self.hyper_parameters_cpu(w_hat)
@@ -795,7 +795,7 @@ class NarrowControlNet(nn.Module):
         return [*self.net.controlnet_down_blocks, self.net.controlnet_mid_block]
 
     def budget_config(self) -> dict:
-        """What :func:`~egc_lite.budget.unet_bytes` needs to bound this module's memory."""
+        """What :func:`~egc_lite.coding.budget.unet_bytes` needs to bound this module's memory."""
         return dict(self.net.config)
 
 
@@ -960,7 +960,7 @@ class CDDMControl(nn.Module):
         return [*self.enc_out, self.mid_out, *self.dec_out]
 
     def budget_config(self) -> dict:
-        """What :func:`~egc_lite.budget.unet_bytes` needs to bound this module's memory."""
+        """What :func:`~egc_lite.coding.budget.unet_bytes` needs to bound this module's memory."""
         return {"block_out_channels": list(self.widths), "down_block_types": self.down_block_types,
                 "num_attention_heads": list(self.heads)}
 
@@ -1016,11 +1016,11 @@ class DiffEICModel(nn.Module):
         return self.control.steer(unet, z_t.to(dev, torch.float32), t.to(dev), cond.to(dev, torch.float32), c, scale).float()
 
     def denoiser(self, backbone, c: torch.Tensor):
-        """A :class:`~egc_lite.sampling.Denoiser` for :func:`~egc_lite.sampling.ddim_sample` steered by ``c``: the
+        """A :class:`~egc_lite.sampling.ddim.Denoiser` for :func:`~egc_lite.sampling.ddim.ddim_sample` steered by ``c``: the
         control module and the UNet under the backbone's inference precision
         (:meth:`~egc_lite.backbone.Backbone.inference_autocast`); ``c`` itself was decoded in float32."""
 
-        from .sampling import output_to_epsilon
+        from ..sampling.ddim import output_to_epsilon
 
         def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -1060,7 +1060,7 @@ def save_diffeic(model: DiffEICModel, out_dir: str | Path, backbone_id: str, ext
     """
     from safetensors.torch import save_file
 
-    from .entropy import update_tables
+    from ..coding.entropy import update_tables
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1081,7 +1081,7 @@ def load_diffeic(folder: str | Path, backbone=None, device: str | torch.device |
     """
     from safetensors.torch import load_file
 
-    from .entropy import fit_table_buffers
+    from ..coding.entropy import fit_table_buffers
 
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
@@ -1116,7 +1116,7 @@ def load_compressor(folder: str | Path) -> LatentCompressor:
     it needs neither diffusers nor the backbone."""
     from safetensors.torch import load_file
 
-    from .entropy import fit_table_buffers
+    from ..coding.entropy import fit_table_buffers
 
     folder = Path(folder)
     meta = json.loads((folder / CONFIG_FILE).read_text())
@@ -1171,7 +1171,7 @@ class DiffEICLoss(nn.Module):
         self.register_buffer("alphas", alphas.detach().float().clone())
 
     def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        from .entropy import likelihood_bits
+        from ..coding.entropy import likelihood_bits
 
         cfg = self.model.config
         c, lik = self.model.compressor(x, z0)
@@ -1216,8 +1216,8 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
     """
     from accelerate import Accelerator
 
-    from .backbone import load_backbone
-    from .train_backbone import CropSampler, _save, data_folders
+    from ..backbone import load_backbone
+    from ..training.backbone import CropSampler, _save, data_folders
 
     cfg.validate()
     if cfg.threads:

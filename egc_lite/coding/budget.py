@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from .errors import BitstreamError
+from ..errors import BitstreamError
 
 #: Default budget when ``EGC_DECODE_BUDGET_GB`` is not set (also capped at half the machine's memory).
 DEFAULT_BUDGET_GB = 12.0  # SD 1.5 at 768x512 in the default guidance mode ("fast") is computed at 9.0 GiB
@@ -120,7 +120,7 @@ def check_decode(estimate: int, what: str) -> None:
 
 def check_payload_bytes(n_bytes: int, n_symbols: int, what: str) -> None:
     """A range-coded payload cannot be longer than its symbols can fill: the encoder refuses streams
-    over 32 bits per symbol (:mod:`egc_lite.entropy`), so more bytes mean a header of another image."""
+    over 32 bits per symbol (:mod:`egc_lite.coding.entropy`), so more bytes mean a header of another image."""
     from .entropy import MIN_CODED_SYMBOLS
 
     limit = 4 * (max(n_symbols, MIN_CODED_SYMBOLS) + 4)

@@ -15,9 +15,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .bitstream import Bitstream
-from .metrics import compute_metrics, metric_notes
-from .progress import progress
+from ..coding.bitstream import Bitstream
+from ..metrics import compute_metrics, metric_notes
+from ..progress import progress
 
 
 @dataclass
@@ -86,7 +86,7 @@ def plot_heatmaps(result: SweepResult, title: str = ""):
 
 
 #: Slider range ``(min, max, step)`` of :math:`s_c` per guidance mode: a little past each mode's useful
-#: range (about 0.05-0.4 for "latent", 0.3-1 for "fast" and "full"; see egc_lite.guidance).
+#: range (about 0.05-0.4 for "latent", 0.3-1 for "fast" and "full"; see egc_lite.sampling.guidance).
 SC_RANGES = {"latent": (0.0, 0.6, 0.01), "fast": (0.0, 2.0, 0.05), "full": (0.0, 2.0, 0.05)}
 SF_RANGE = (0.0, 8.0, 0.5)
 
@@ -119,7 +119,7 @@ class GuidancePanel:
 
         import ipywidgets as W
 
-        from .data import tensor_to_pil
+        from ..data import tensor_to_pil
 
         cfg, *_ = self.codec.decode_parameters(self.bs)
         sc = W.FloatSlider(value=cfg.guidance.scale, min=self.sc_range[0], max=self.sc_range[1], step=self.sc_range[2],

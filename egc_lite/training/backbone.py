@@ -17,7 +17,7 @@ perceptual loss too, whose VGG weights cannot be fetched here), and a low-freque
 pushes detail.
 3. ``unet``: the UNet and the conditioning encoder on latents of the frozen encoder: the
    noise-prediction loss :math:`\\mathbb{E}_{t,\\epsilon}\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`
-   with ``e`` from :class:`~egc_lite.tiny.ImageTokenEncoder`, replaced by the null embedding with
+   with ``e`` from :class:`~egc_lite.models.tiny.ImageTokenEncoder`, replaced by the null embedding with
    probability ``p_uncond`` (classifier-free guidance needs both).
 
 ``export`` writes the diffusers folder that :func:`egc_lite.backbone.load_backbone` reads.
@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, save_vae, vae_latent
-from .precision import autocast, prepare_module, resolve_precision
-from .progress import progress
-from .tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
+from ..models.autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, save_vae, vae_latent
+from ..models.tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
+from ..precision import autocast, prepare_module, resolve_precision
+from ..progress import progress
 
 EGC_TINY_CONFIG = TinyBackboneConfig(global_cond_heads=4)
 DEFAULT_LR = 4e-4
@@ -86,7 +86,7 @@ class BackboneTrainConfig:
 def data_folders(spec: str | Path | None) -> list[Path]:
     """Training folders: ``spec`` is one folder or several joined by ``os.pathsep`` (``a:b:c``);
     ``None`` means :func:`egc_lite.data.training_photos_dir`."""
-    from .data import training_photos_dir
+    from ..data import training_photos_dir
 
     if spec is None:
         return [training_photos_dir()]
@@ -147,7 +147,7 @@ def _log(ckpt: Path, phase: str, record: dict) -> None:
 
 @torch.no_grad()
 def latent_bank(vae, sampler: CropSampler, path: Path, dev: torch.device) -> list[torch.Tensor]:
-    """Deterministic latents (:func:`~egc_lite.autoencoder.vae_latent`, unscaled) of every pre-scaled
+    """Deterministic latents (:func:`~egc_lite.models.autoencoder.vae_latent`, unscaled) of every pre-scaled
     photo, computed once and cached.
 
     The encoder is frozen once phase 1 ends, so UNet training crops these instead of encoding
@@ -575,7 +575,7 @@ def checkpoint_arch(state: dict) -> TinyBackboneConfig:
 
 def vae_from_checkpoint(path: str | Path):
     """The float32 autoencoder (``AutoencoderKL`` or ``AutoencoderTiny``) of a ``vae.pt`` / ``decoder.pt`` training checkpoint (for measuring it before export)."""
-    from .tiny import build_vae
+    from ..models.tiny import build_vae
 
     state = torch.load(path, map_location="cpu", weights_only=False)
     vae = build_vae(checkpoint_arch(state))
@@ -590,7 +590,7 @@ def export_vae(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     Meant for a decoder fine-tune (phase ``decoder``): the encoder, and so the latent space that
     the UNet and the codecs were trained on, is unchanged; only the images decoded from it change.
     """
-    from .errors import ModelNotFoundError, ParameterError
+    from ..errors import ModelNotFoundError, ParameterError
 
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if not (out / "vae" / "config.json").exists():
@@ -622,7 +622,7 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     """
     from safetensors.torch import save_file
 
-    from .backbone import EGC_TINY_DIR, NULL_COND_FILE
+    from ..backbone import EGC_TINY_DIR, NULL_COND_FILE
 
     ckpt = Path(ckpt_dir)
     out = Path(out_dir) if out_dir else EGC_TINY_DIR

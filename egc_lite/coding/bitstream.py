@@ -76,7 +76,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BitstreamError, EGCError, ParameterError
+from ..errors import BitstreamError, EGCError, ParameterError
 
 __all__ = [
     "CODEC_IDS",

@@ -1,6 +1,6 @@
 """Compression guidance (codec A): steer DDIM towards the transmitted guide image.
 
-At step :math:`t`, with :math:`\\hat z_0(z_t)` Tweedie's estimate (see :mod:`egc_lite.sampling`),
+At step :math:`t`, with :math:`\\hat z_0(z_t)` Tweedie's estimate (see :mod:`egc_lite.sampling.ddim`),
 :math:`\\mathcal{D}` the VAE decoder, :math:`d_f` the guide's degradation (block average by
 ``factor``, :func:`egc_lite.guide.degrade`) and :math:`\\hat x_g` the decoded guide, the guidance loss is
 
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .backbone import Backbone
-from .errors import ParameterError
-from .guide import degrade, upsample
-from .sampling import Denoiser, GuidanceHook, StepState, predict_z0
+from ..backbone import Backbone
+from ..errors import ParameterError
+from ..guide import degrade, upsample
+from .ddim import Denoiser, GuidanceHook, StepState, predict_z0
 
 GUIDANCE_MODES = ("fast", "full", "latent")
 
@@ -70,7 +70,7 @@ class CompressionGuidanceConfig:
 
     @property
     def backward(self) -> str:
-        """What a guided step back-propagates through, as :func:`egc_lite.budget.backbone_decode_bytes` counts it:
+        """What a guided step back-propagates through, as :func:`egc_lite.coding.budget.backbone_decode_bytes` counts it:
         ``"decoder"`` (``fast``), ``"all"`` (``full``: the UNet too) or ``"none"`` (``latent``)."""
         return {"fast": "decoder", "full": "all", "latent": "none"}[self.mode]
 
@@ -105,7 +105,7 @@ def compression_guidance(
     steps: int,
     denoiser: Denoiser,
 ) -> GuidanceHook:
-    """A :data:`~egc_lite.sampling.GuidanceHook` implementing the correction above."""
+    """A :data:`~egc_lite.sampling.ddim.GuidanceHook` implementing the correction above."""
     config.validate()
     guide_small = guide_small.to(backbone.device, torch.float32)
     if guide_small.dim() == 3:

@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import nn
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 #: The classes a ``vae/`` folder may name in its ``config.json`` (``_class_name``).
 VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
