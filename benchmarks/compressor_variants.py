@@ -1,6 +1,6 @@
 """Cost of codec B's compressor variants: parameters per part and encode / decode time of one image.
 
-For each variant of :class:`~egc_lite.models.diffeic.LatentCompressor` (``z0_modulation`` concat / sft,
+For each variant of :class:`~egc_lite.models.diffeic.compressor.LatentCompressor` (``z0_modulation`` concat / sft,
 ``context`` none / checkerboard, with or without channel slices) at the shipped width (N=64, M=96):
 the parameter counts (``encoder_only``: g_a and h_a, which the decoder never runs), and the minimum
 over ``--runs`` of ``compress`` (analysis, hyper-analysis, both range coders, and the decode of its own
@@ -22,7 +22,10 @@ from pathlib import Path
 import torch
 
 from egc_lite.coding.entropy import update_tables
-from egc_lite.models.diffeic import DiffEICConfig, HyperAnalysisSFT, LatentCompressor, load_compressor
+from egc_lite.models.diffeic.compressor import LatentCompressor
+from egc_lite.models.diffeic.config import DiffEICConfig
+from egc_lite.models.diffeic.layers import HyperAnalysisSFT
+from egc_lite.models.diffeic.model import load_compressor
 
 VARIANTS = {
     "concat / none (shipped design)": DiffEICConfig(),

@@ -384,7 +384,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(prior.save(out), f"sigma mean {float(prior.sigma.mean()):.4f}")
         return 0
     if args.what == "diffeic":
-        from .models.diffeic import DiffEICConfig, DiffEICTrainConfig, train_diffeic
+        from .models.diffeic.config import DiffEICConfig
+        from .training.diffeic import DiffEICTrainConfig, train_diffeic
 
         model = DiffEICConfig(N=args.n, M=args.m, control=args.control, control_ratio=args.control_ratio, lmbda=args.lmbda,
                               z0_modulation=args.z0_modulation, sft_channels=args.sft_channels, context=args.context,
@@ -401,7 +402,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (args.out is None) == (args.quality is None):  # checked before the slow imports
             raise ParameterError("give either --out FOLDER or --quality N")
         from .codecs.diffeic import QUALITY_LAMBDA, rate_points_root
-        from .models.diffeic import checkpoint_backbone_id, export_diffeic
+        from .training.diffeic import checkpoint_backbone_id, export_diffeic
 
         if args.quality is not None and args.quality not in QUALITY_LAMBDA:
             raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")

@@ -13,7 +13,7 @@ What may run in bf16 (autocast), and what never does:
 * inference, decided once per loaded backbone by :func:`inference_precision` (kept in
   ``Backbone.inference_precision``; ``Backbone.inference_autocast`` enters it): the UNet in the
   sampler's denoiser (:func:`egc_lite.sampling.ddim.unet_denoiser`), the UNet *and* DiffEIC's control
-  module (:meth:`egc_lite.models.diffeic.DiffEICModel.denoiser`), and the VAE *decoder*
+  module (:func:`egc_lite.codecs.diffeic.steered_denoiser`), and the VAE *decoder*
   (``Backbone.decode``), including the decoder passes and gradients of compression guidance. These
   modules are put in ``channels_last`` (:func:`prepare_module`: the UNet 1.15x, the VAE decoder 2x
   faster than bf16 alone on egc-tiny). A float16 backbone (CUDA) runs as stored, without autocast.

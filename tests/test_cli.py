@@ -247,7 +247,8 @@ def test_prior_fitting_loads_the_backbone_on_the_device_asked_for(tmp_path, monk
 
 def test_diffeic_rate_points_from_a_folder_named_on_the_command_line(tmp_path, image_file, tiny_backbone):
     """Fault 5: compress and decompress take --weights, a folder of the user's rate points q1..q5."""
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+    from egc_lite.models.diffeic.config import DiffEICConfig
+    from egc_lite.models.diffeic.model import DiffEICModel, save_diffeic
 
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
     mine = tmp_path / "mine"

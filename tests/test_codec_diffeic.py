@@ -14,7 +14,8 @@ from egc_lite.codecs.diffeic import DEFAULT_STEPS, default_start_step
 from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.coding.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
-from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+from egc_lite.models.diffeic.config import DiffEICConfig
+from egc_lite.models.diffeic.model import DiffEICModel, save_diffeic
 
 TINY = DiffEICConfig(N=16, M=24)
 #: A codec B file made with the second egc-tiny's rate point q1 (narrow control module; egc_lite/assets/coffee.png

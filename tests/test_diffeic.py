@@ -15,21 +15,12 @@ import torch.nn.functional as F
 
 from egc_lite.coding.entropy import likelihood_bits, update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
-from egc_lite.models.diffeic import (
-    LEGACY_FIELDS,
-    DiffEICConfig,
-    DiffEICModel,
-    DiffEICTrainConfig,
-    HyperAnalysisSFT,
-    LatentCompressor,
-    checkerboard,
-    control_widths,
-    export_diffeic,
-    load_compressor,
-    load_diffeic,
-    save_diffeic,
-    train_diffeic,
-)
+from egc_lite.models.diffeic.compressor import LatentCompressor
+from egc_lite.models.diffeic.config import LEGACY_FIELDS, DiffEICConfig
+from egc_lite.models.diffeic.control import control_widths
+from egc_lite.models.diffeic.layers import HyperAnalysisSFT, checkerboard
+from egc_lite.models.diffeic.model import DiffEICModel, load_compressor, load_diffeic, save_diffeic
+from egc_lite.training.diffeic import DiffEICTrainConfig, export_diffeic, train_diffeic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = DiffEICConfig(N=16, M=24)
@@ -510,7 +501,7 @@ def test_decode_in_another_process_is_bit_exact(tmp_path, model, variants, tiny_
         import torch
         torch.set_num_threads({torch.get_num_threads()})  # float32 results depend on the thread count
         from egc_lite.coding.bitstream import read_bitstream
-        from egc_lite.models.diffeic import load_compressor
+        from egc_lite.models.diffeic.model import load_compressor
         comp = load_compressor({str(folder)!r})
         bs = read_bitstream({str(tmp_path / 'a.egc')!r})
         shape = (-(-bs.height // 64), -(-bs.width // 64))
@@ -631,6 +622,7 @@ def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny
         for m in model.control.output_projections():
             for p in m.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    from egc_lite.codecs.diffeic import steered_denoiser
     from egc_lite.sampling.ddim import unet_denoiser
 
     first_conv = next(m for m in model.control.modules() if isinstance(m, torch.nn.Conv2d))
@@ -640,8 +632,8 @@ def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny
     c = torch.randn(1, 4, 8, 8, generator=g)
     t = torch.tensor([600])
     try:
-        e16 = model.denoiser(b16, c)(z, t, b16.null_cond)
-        e32 = model.denoiser(b32, c)(z, t, b32.null_cond)
+        e16 = steered_denoiser(model, b16, c)(z, t, b16.null_cond)
+        e32 = steered_denoiser(model, b32, c)(z, t, b32.null_cond)
     finally:
         handle.remove()
     assert seen == [torch.bfloat16, torch.float32]

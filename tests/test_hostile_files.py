@@ -27,7 +27,8 @@ INTS = (-(2**63), -1, 0, 1, 2, 3, 7, 64, 65, 1000, 1001, 2**31, 2**62)
 @pytest.fixture(scope="module")
 def valid(tiny_backbone, smooth_image):
     from egc_lite.coding.entropy import update_tables
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
+    from egc_lite.models.diffeic.config import DiffEICConfig
+    from egc_lite.models.diffeic.model import DiffEICModel
 
     x = smooth_image(64, 64, seed=4)
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
@@ -121,7 +122,7 @@ def test_a_header_size_beside_payloads_of_another_image_is_refused_before_decodi
     """The issue's case: a header claiming a 1x65535 image beside the payloads of a 64x64 one."""
     import egc_lite.codecs.textinv as ta
     import egc_lite.sampling.ddim as sampling
-    from egc_lite.models.diffeic import LatentCompressor
+    from egc_lite.models.diffeic.compressor import LatentCompressor
 
     monkeypatch.setenv("EGC_DECODE_BUDGET_GB", "0.5")
 

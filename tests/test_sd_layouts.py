@@ -38,7 +38,8 @@ def folders(tmp_path_factory):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_both_codecs_round_trip_on_each_layout(folders, layout, smooth_image):
     from egc_lite.coding.entropy import update_tables
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
+    from egc_lite.models.diffeic.config import DiffEICConfig
+    from egc_lite.models.diffeic.model import DiffEICModel
 
     b = load_backbone(str(folders[layout]), device="cpu")
     assert type(b.vae).__name__ == ("AutoencoderTiny" if layout.endswith("taesd") else "AutoencoderKL")
@@ -70,7 +71,8 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
     from diffusers import UNet2DConditionModel
     from test_diffeic import _randomise_projections, _reference_loop
 
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, unet_summary
+    from egc_lite.models.diffeic.config import DiffEICConfig, unet_summary
+    from egc_lite.models.diffeic.model import DiffEICModel
 
     heads = 8 if layout == "sd15" else (5, 10, 20, 20)
     torch.manual_seed(0)
@@ -98,7 +100,8 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
 def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_image, monkeypatch):
     """Fault 5: exported points go to <root>/<backbone id>/qN; --weights names any folder of points."""
     from egc_lite.codecs.diffeic import rate_points_root
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel, save_diffeic
+    from egc_lite.models.diffeic.config import DiffEICConfig
+    from egc_lite.models.diffeic.model import DiffEICModel, save_diffeic
 
     monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()

@@ -255,7 +255,8 @@ def test_tiny_autoencoder_trains_resumes_exports_and_both_codecs_run_on_it(tmp_p
     from egc_lite.codecs import CompressOptions, DiffEICCodec, TextInvCodec, TextInvConfig
     from egc_lite.codecs.textual_inversion import InversionConfig
     from egc_lite.coding.entropy import update_tables
-    from egc_lite.models.diffeic import DiffEICConfig, DiffEICModel
+    from egc_lite.models.diffeic.config import DiffEICConfig
+    from egc_lite.models.diffeic.model import DiffEICModel
 
     photos = photo_folder
     ckpt = tmp_path / "ckpt"

@@ -1,7 +1,7 @@
 """Codec B: DiffEIC (Li et al., arXiv:2404.18820), latent feature guidance + a frozen diffusion prior.
 
 Encoder: pad the image to a multiple of 64, :math:`z_0 = s\\,\\mathcal{E}(x)`, then the learned
-compressor (:class:`~egc_lite.models.diffeic.LatentCompressor`) codes ``y`` (section ``"y"``) and the
+compressor (:class:`~egc_lite.models.diffeic.compressor.LatentCompressor`) codes ``y`` (section ``"y"``) and the
 hyper-latent (section ``"z"``). Decoder: the content variables ``c`` are decoded bit-exactly, then
 a seeded DDIM run of the frozen UNet steered by ``c`` through the control module (prompt always
 empty, :math:`s_f = 1`) gives :math:`\\hat z_0`, and the VAE decoder the image. With
@@ -49,8 +49,9 @@ from ..coding.bitstream import Bitstream
 from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
 from ..data import MAX_PIXELS, crop_to, pad_to_multiple
 from ..errors import BitstreamError, ModelNotFoundError, ParameterError
-from ..models.diffeic import COMPRESSOR_STRIDE, DiffEICModel, load_diffeic
-from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample
+from ..models.diffeic.config import COMPRESSOR_STRIDE
+from ..models.diffeic.model import DiffEICModel, load_diffeic
+from ..sampling.ddim import Denoiser, SamplerConfig, check_steps, ddim_sample, output_to_epsilon
 from .base import Codec, CompressOptions
 
 #: Where the shipped rate points live: ``<DIFFEIC_WEIGHTS>/q{N}``.
@@ -86,6 +87,20 @@ def _trained_for(folder: Path) -> str | None:
         return str(json.loads((folder / "config.json").read_text()).get("backbone_id", ""))
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def steered_denoiser(model: DiffEICModel, backbone, c: torch.Tensor) -> Denoiser:
+    """A :class:`~egc_lite.sampling.ddim.Denoiser` for :func:`~egc_lite.sampling.ddim.ddim_sample`: the frozen UNet
+    steered by ``c`` through ``model``'s control module, both under the backbone's inference precision
+    (:meth:`~egc_lite.backbone.Backbone.inference_autocast`); ``c`` itself was decoded in float32."""
+
+    def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            with backbone.inference_autocast():
+                eps = model.predict_noise(backbone.unet, z_t, t, cond, c)
+            return output_to_epsilon(backbone, eps, z_t.float(), t)
+
+    return denoise
 
 
 def image_multiple(backbone) -> int:
@@ -254,7 +269,7 @@ class DiffEICCodec(Codec):
         model = self.model(self._key(quality))
         s = replace(sampler, seed=sampler.seed + sample)
         c = c.to(b.device)
-        z0 = ddim_sample(b, b.null_cond, tuple(c.shape[-2:]), s, model.denoiser(b, c), init_latent=c if s.start_step else None)
+        z0 = ddim_sample(b, b.null_cond, tuple(c.shape[-2:]), s, steered_denoiser(model, b, c), init_latent=c if s.start_step else None)
         with torch.no_grad():
             x = b.decode(z0)
         return crop_to(x, (bs.height, bs.width))[0].clamp(0, 1).cpu()
