@@ -16,7 +16,6 @@ from egc_lite.models.tiny import TEST_CONFIG, TEST_TINY_AE_CONFIG, ImageTokenEnc
 from egc_lite.sampling.ddim import SamplerConfig, ddim_sample
 from egc_lite.training.backbone import (
     BackboneTrainConfig,
-    DenoisingLoss,
     _load_unet,
     _param_groups,
     _regroup_optimizer_state,
@@ -25,6 +24,7 @@ from egc_lite.training.backbone import (
     export_vae,
     train,
 )
+from egc_lite.training.losses import DenoisingLoss
 
 
 def test_two_steps_per_phase_resume_and_export(tmp_path, photo_folder):
@@ -217,7 +217,7 @@ def test_cli_architecture_options_refuse_bad_lists(capsys):
 
 
 def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
-    from egc_lite.training.backbone import sample_timesteps
+    from egc_lite.training.losses import sample_timesteps
 
     torch.manual_seed(0)
     uniform = sample_timesteps(40_000, 1000, "uniform")
@@ -233,7 +233,7 @@ def test_low_mid_timestep_sampling_favours_the_levels_the_codecs_decode_at():
 
 
 def test_a_new_vae_starts_with_small_posterior_noise():
-    from egc_lite.training.backbone import INITIAL_LOGVAR, start_with_small_posterior_noise
+    from egc_lite.training.losses import INITIAL_LOGVAR, start_with_small_posterior_noise
 
     vae = build_components(TEST_CONFIG, seed=0).vae
     x = torch.rand(1, 3, 32, 32) * 2 - 1

@@ -30,22 +30,29 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from ..models.autoencoder import decoder_last_layer, encoder_modules, is_tiny, load_vae, save_vae, vae_latent
+from ..models.autoencoder import decoder_last_layer, is_tiny, load_vae, save_vae, vae_latent
 from ..models.tiny import ImageTokenEncoder, TinyBackboneConfig, build_components
 from ..precision import autocast, prepare_module, resolve_precision
 from ..progress import progress
+from .loop import CropSampler, append_log, data_folders, save_checkpoint
+from .losses import (
+    DenoisingLoss,
+    PatchDiscriminator,
+    ReconstructionLoss,
+    adaptive_adversarial_weight,
+    hinge_critic_loss,
+    sample_timesteps,
+    start_with_small_posterior_noise,
+)
 
 EGC_TINY_CONFIG = TinyBackboneConfig(global_cond_heads=4)
 DEFAULT_LR = 4e-4
@@ -82,69 +89,7 @@ class BackboneTrainConfig:
     init_from: str | None = None  # an exported folder (e.g. the shipped egc-tiny) to start from when no checkpoint exists
 
 
-# ---------------------------------------------------------------------------------- data
-def data_folders(spec: str | Path | None) -> list[Path]:
-    """Training folders: ``spec`` is one folder or several joined by ``os.pathsep`` (``a:b:c``);
-    ``None`` means :func:`egc_lite.data.training_photos_dir`."""
-    from ..data import training_photos_dir
-
-    if spec is None:
-        return [training_photos_dir()]
-    return [Path(part).expanduser() for part in str(spec).split(os.pathsep) if part]
-
-
-class CropSampler:
-    """Random crops of a few pre-scaled copies of each photo, with horizontal flips.
-
-    A scale is kept for a photo only when its shorter side stays at least ``min_side`` pixels
-    (the full size is always kept), so small photos are not blurred by upsampling to a crop.
-    """
-
-    def __init__(self, folder: Path | list[Path], scales: tuple[float, ...] = (1.0, 0.75, 0.6, 0.45), seed: int = 0,
-                 min_side: int = 128) -> None:
-        folders = folder if isinstance(folder, list) else [folder]
-        paths = sorted(p for f in folders for p in f.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-        if not paths:
-            raise FileNotFoundError(f"no training photos in {', '.join(map(str, folders))}")
-        self.pyramid: list[torch.Tensor] = []
-        for p in paths:
-            img = Image.open(p).convert("RGB")
-            for s in scales:
-                if s != 1.0 and min(img.width, img.height) * s < min_side:
-                    continue
-                w, h = max(64, round(img.width * s)), max(64, round(img.height * s))
-                arr = np.asarray(img.resize((w, h), Image.BICUBIC), dtype=np.uint8)
-                self.pyramid.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
-        self.rng = random.Random(seed)
-
-    def batch(self, n: int, crop: int) -> torch.Tensor:
-        out = []
-        for _ in range(n):
-            img = self.pyramid[self.rng.randrange(len(self.pyramid))]
-            _, h, w = img.shape
-            c = min(crop, h, w)
-            y, x = self.rng.randrange(h - c + 1), self.rng.randrange(w - c + 1)
-            t = img[:, y : y + c, x : x + c]
-            if self.rng.random() < 0.5:
-                t = t.flip(-1)
-            if c != crop:
-                t = F.interpolate(t[None].float(), size=(crop, crop), mode="bilinear")[0]
-            out.append(t.float() / 255.0)
-        return torch.stack(out)
-
-
-# ---------------------------------------------------------------------------------- state
-def _save(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _log(ckpt: Path, phase: str, record: dict) -> None:
-    with open(ckpt / f"{phase}_log.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
+# ---------------------------------------------------------------------------------- the latent bank
 @torch.no_grad()
 def latent_bank(vae, sampler: CropSampler, path: Path, dev: torch.device) -> list[torch.Tensor]:
     """Deterministic latents (:func:`~egc_lite.models.autoencoder.vae_latent`, unscaled) of every pre-scaled
@@ -182,160 +127,6 @@ def latent_crops(bank: list[torch.Tensor], n: int, size: int, rng: random.Random
     return torch.stack(out)
 
 
-# ---------------------------------------------------------------------------------- losses
-#: Initial log-variance of a new VAE's posterior (standard deviation exp(-3) = 0.05).
-INITIAL_LOGVAR = -6.0
-
-
-def start_with_small_posterior_noise(vae) -> None:
-    """Set the bias of the log-variance half of ``quant_conv`` to :data:`INITIAL_LOGVAR`.
-
-    With diffusers' default initialisation the posterior's standard deviation starts near 1, about
-    the size of the means, and with a KL weight of 1e-6 nothing but the reconstruction shrinks it:
-    measured on the (64, 128, 256, 256) VAE with 8 latent channels, after 500 steps (batch 4, 192-px
-    crops) the standard deviation was still 0.3-0.9 against means of 0.3-1.8 and the crop PSNR had
-    been flat at 17 dB for 250 steps. Starting nearly deterministic lets the latent carry the image
-    from the first step; the posterior means (what the codecs use) are unaffected. ``AutoencoderKL``
-    only (an ``AutoencoderTiny``'s latent is deterministic already).
-    """
-    if is_tiny(vae):
-        raise ValueError("an AutoencoderTiny has no posterior: its latent is deterministic already")
-    c = vae.config.latent_channels
-    with torch.no_grad():
-        vae.quant_conv.bias[c:].fill_(INITIAL_LOGVAR)
-
-
-class ReconstructionLoss(nn.Module):
-    """Phase 1/2 objective: :math:`\\|x-\\hat x\\|_1 + \\|x-\\hat x\\|_2^2 + \\beta\\,\\mathrm{KL}
-    + w_{lf}\\|p_8(x)-p_8(\\hat x)\\|_1` with a sampled latent (:math:`p_8`: 8x8 block means); for an
-    ``AutoencoderTiny`` the latent is deterministic and the KL term is zero.
-
-    ``forward`` returns the loss, its MSE and KL parts, and the reconstruction (for the critic).
-    """
-
-    def __init__(self, vae, kl_weight: float, freeze_encoder: bool, lf_weight: float = 0.0) -> None:
-        super().__init__()
-        self.vae, self.kl_weight, self.freeze_encoder, self.lf_weight = vae, kl_weight, freeze_encoder, lf_weight
-        if freeze_encoder:
-            for m in encoder_modules(vae):
-                m.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        kl = torch.zeros((), device=x.device)
-        with torch.set_grad_enabled(not self.freeze_encoder and torch.is_grad_enabled()):
-            if is_tiny(self.vae):
-                z = self.vae.encode(x * 2 - 1).latents
-            else:
-                post = self.vae.encode(x * 2 - 1).latent_dist
-                z = post.sample()
-                if not self.freeze_encoder:
-                    kl = post.kl().mean()
-        xr = (self.vae.decode(z).sample.float() + 1) / 2
-        mse = F.mse_loss(xr, x)
-        loss = F.l1_loss(xr, x) + mse + self.kl_weight * kl
-        if self.lf_weight > 0:
-            loss = loss + self.lf_weight * F.l1_loss(F.avg_pool2d(xr, 8), F.avg_pool2d(x, 8))
-        return loss, mse, kl, xr
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN critic (Isola et al. 2017): one logit per overlapping patch of about 70 pixels,
-    spectral normalisation on every convolution (Miyato et al. 2018) and no other normalisation."""
-
-    def __init__(self, width: int = 32, layers: int = 3) -> None:
-        super().__init__()
-        sn = nn.utils.parametrizations.spectral_norm
-        mods: list[nn.Module] = []
-        c = 3
-        for i in range(layers):
-            out = width * 2**i
-            mods += [sn(nn.Conv2d(c, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-            c = out
-        mods += [sn(nn.Conv2d(c, c, 4, padding=1)), nn.LeakyReLU(0.2), sn(nn.Conv2d(c, 1, 4, padding=1))]
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.net(x01 * 2 - 1)
-
-
-def adaptive_adversarial_weight(rec_loss: torch.Tensor, gen_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """Esser et al. 2021 (eq. 7): :math:`\\lambda = \\|\\nabla_{W} L_{rec}\\| / (\\|\\nabla_{W} L_G\\| + 10^{-4})` at the
-    decoder's last layer ``W``, so the adversarial term's gradient has a set size relative to the
-    reconstruction's whatever the losses' scales (clamped to [0, 1e4], no gradient)."""
-    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_gen = torch.autograd.grad(gen_loss, last_layer, retain_graph=True)[0]
-    return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(0, 1e4).detach()
-
-
-def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The critic's hinge loss :math:`\\mathbb{E}[\\max(0, 1-D(x))] + \\mathbb{E}[\\max(0, 1+D(\\hat x))]` (Lim and Ye 2017)."""
-    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-
-
-T_SAMPLINGS = ("uniform", "low-mid")
-#: ``low-mid``: share drawn from the logit-normal part, and its mean and spread on logit(t / T).
-LOW_MID_SHARE, LOW_MID_MEAN, LOW_MID_STD = 0.75, -0.5, 1.0
-
-
-def sample_timesteps(n: int, n_train: int, mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Training levels ``t`` in ``[0, n_train)``.
-
-    ``uniform``: DDPM's :math:`t\\sim\\mathcal{U}\\{0..T-1\\}`. ``low-mid``: the levels where both codecs
-    lean on the prior, since each gives the decoder strong side information (codec B starts from its
-    content variables at an intermediate level; codec A's guide fixes the layout early): with
-    probability 0.75, :math:`t = T\\,\\sigma(u)`, :math:`u\\sim\\mathcal{N}(-0.5, 1)` (a logit-normal,
-    as Esser et al. 2024 eq. 19, shifted toward low noise: median :math:`t\\approx 378`, 82% of it
-    below 600), else uniform, so that the pure-noise levels codec A starts from are still trained.
-    """
-    if mode == "uniform":
-        return torch.randint(0, n_train, (n,), device=device)
-    if mode != "low-mid":
-        raise ValueError(f"t_sampling must be one of {', '.join(T_SAMPLINGS)}, not {mode!r}")
-    logit = torch.randn(n, device=device) * LOW_MID_STD + LOW_MID_MEAN
-    t = (torch.sigmoid(logit) * n_train).long().clamp(0, n_train - 1)
-    uniform = torch.randint(0, n_train, (n,), device=device)
-    return torch.where(torch.rand(n, device=device) < LOW_MID_SHARE, t, uniform)
-
-
-class DenoisingLoss(nn.Module):
-    """Phase 3 objective: :math:`w_t\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2`, ``e`` from the token encoder
-    or the null embedding (probability ``p_uncond``).
-
-    ``snr_gamma`` sets the Min-SNR weight :math:`w_t=\\min(\\mathrm{SNR}_t,\\gamma)/\\mathrm{SNR}_t` (Hang et al.
-    2023, eq. 13 for eps-prediction), :math:`\\mathrm{SNR}_t=\\bar\\alpha_t/(1-\\bar\\alpha_t)`; it lowers the weight
-    of the nearly clean timesteps, whose loss is image detail that no embedding can predict, so
-    more of the gradient goes to the content-forming timesteps where the conditioning matters
-    (with SD's scaled-linear schedule and :math:`\\gamma=5`, only :math:`t<147` is down-weighted).
-    ``None`` gives the plain loss (:math:`w_t=1`); the logged loss is the weighted one.
-    """
-
-    def __init__(self, unet: nn.Module, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float,
-                 snr_gamma: float | None = None) -> None:
-        super().__init__()
-        self.unet, self.encoder = unet, encoder
-        self.null_cond = nn.Parameter(null_cond.clone())
-        self.register_buffer("alphas", alphas.clone())
-        self.p_uncond = p_uncond
-        if snr_gamma is not None and snr_gamma <= 0:
-            raise ValueError(f"snr_gamma must be positive (5 is the paper's choice) or None, not {snr_gamma}")
-        self.snr_gamma = snr_gamma
-
-    def weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss weights :math:`w_t` (ones without ``snr_gamma``)."""
-        if self.snr_gamma is None:
-            return torch.ones(t.shape, device=t.device)
-        snr = self.alphas[t] / (1 - self.alphas[t])
-        return snr.clamp(max=self.snr_gamma) / snr
-
-    def forward(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        cond = self.encoder(z0)
-        cond = torch.where(drop.view(-1, 1, 1), self.null_cond.expand_as(cond), cond)
-        a = self.alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        per_sample = (self.unet(zt, t, encoder_hidden_states=cond).sample - eps).pow(2).mean(dim=(1, 2, 3))
-        return (self.weights(t) * per_sample).mean()
-
-
 def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
     """A step-0 checkpoint built from an exported folder, so training can go on from shipped
     weights when the original checkpoints are gone (the optimizer starts afresh)."""
@@ -347,7 +138,7 @@ def _state_from_export(folder: Path, phase: str, ckpt: Path) -> dict:
     arch = json.loads(index.read_text()).get("config") if index.exists() else None
     config = {"arch": arch} if arch else {}
     if not (ckpt / "vae.pt").exists():  # later phases read the VAE (and its architecture) from here
-        _save(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": config})
+        save_checkpoint(ckpt / "vae.pt", {"vae": vae.state_dict(), "step": 0, "config": config})
     if phase in ("vae", "decoder"):  # the folder's autoencoder (kl or tiny), whatever the command line's architecture says
         return {"vae": vae.state_dict(), "step": 0, "opt": None, "config": config}
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True).float()
@@ -527,7 +318,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
             rec = {"step": done, "minutes": (time.time() - start) / 60}
             rec.update({"loss": mean} if cfg.phase == "unet" else {"mse": mean, "psnr": -10 * math.log10(mean), "kl": float(record["kl"].detach())})
             rec.update({k: float(record[k]) for k in ("gen", "critic", "adv_weight") if k in record})
-            _log(ckpt, cfg.phase, rec)
+            append_log(ckpt / f"{cfg.phase}_log.jsonl", rec)
         if done % cfg.log_every == 0:
             running = 0.0
         timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
@@ -540,7 +331,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
                 blob["vae"] = inner.vae.state_dict()
                 if critic is not None:
                     blob.update({"critic": acc.unwrap_model(critic).state_dict(), "critic_opt": critic_opt.state_dict()})
-            _save(path, blob)
+            save_checkpoint(path, blob)
         if timeout:
             break
     return path

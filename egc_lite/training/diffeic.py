@@ -24,14 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import ModelNotFoundError, ParameterError
 from ..models.diffeic.config import COMPRESSOR_STRIDE, DiffEICConfig
 from ..models.diffeic.model import DiffEICModel, save_diffeic
-from ..precision import autocast, training_precision
+from ..precision import training_precision
 from ..progress import progress
+from .loop import CropSampler, append_log, data_folders, save_checkpoint
+from .losses import DiffEICLoss
 
 
 @dataclass
@@ -62,41 +62,6 @@ class DiffEICTrainConfig:
             raise ParameterError("steps must be >= 0 and batch_size >= 1")
 
 
-class DiffEICLoss(nn.Module):
-    """:math:`\\|\\epsilon-\\hat\\epsilon\\|^2 + \\lambda_a\\|c-z_0\\|^2 + \\lambda R` (module docstring); the UNet is frozen."""
-
-    def __init__(self, model: DiffEICModel, unet, null_cond: torch.Tensor, alphas: torch.Tensor,
-                 prediction_type: str = "epsilon", precision: str = "fp32") -> None:
-        super().__init__()
-        self.model, self.precision = model, precision
-        self.unet = unet  # frozen; its parameters have requires_grad False
-        self.prediction_type = prediction_type  # the UNet's output: epsilon, or v (then the loss is on v)
-        self.register_buffer("null_cond", null_cond.detach().float().clone())
-        self.register_buffer("alphas", alphas.detach().float().clone())
-
-    def forward(self, x: torch.Tensor, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
-        from ..coding.entropy import likelihood_bits
-
-        cfg = self.model.config
-        c, lik = self.model.compressor(x, z0)
-        a = self.alphas[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        cond = self.null_cond.expand(x.shape[0], -1, -1)
-        with autocast(x.device, self.precision):  # the denoiser only: the rate above stays float32
-            out = self.model.predict_noise(self.unet, z_t, t, cond, c).float()
-        target = eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
-        mse = F.mse_loss(out, target)
-        align = F.mse_loss(c, z0)
-        bpp = likelihood_bits(lik) / (x.shape[0] * x.shape[2] * x.shape[3])
-        loss = mse + cfg.alignment_weight * align + cfg.lmbda * bpp
-        return {"loss": loss, "mse": mse, "align": align, "bpp": bpp, "aux": self.model.compressor.aux_loss()}
-
-
-def _log(ckpt: Path, record: dict) -> None:
-    with open(ckpt / "diffeic_log.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
 def _place_backbone(backbone, dev: torch.device):
     """Move a float32 backbone's UNet, VAE and null embedding to this process's device."""
     backbone.unet.to(dev)
@@ -121,7 +86,6 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
     from accelerate import Accelerator
 
     from ..backbone import load_backbone
-    from .backbone import CropSampler, _save, data_folders
 
     cfg.validate()
     if cfg.threads:
@@ -197,15 +161,15 @@ def train_diffeic(cfg: DiffEICTrainConfig, backbone, device: str = "auto") -> Pa
             if acc.is_main_process:
                 rec = {"step": done, "minutes": (time.time() - start) / 60}
                 rec.update({k: v / cfg.log_every for k, v in sums.items()})
-                _log(ckpt, rec)
+                append_log(ckpt / "diffeic_log.jsonl", rec)
             sums = {}
         timeout = cfg.max_minutes is not None and (time.time() - start) / 60 > cfg.max_minutes
         if (done % cfg.save_every == 0 or done == cfg.steps or timeout) and acc.is_main_process:
-            _save(path, _blob(acc.unwrap_model(loss_mod).model, opt, aux_opt, done, cfg, backbone.backbone_id))
+            save_checkpoint(path, _blob(acc.unwrap_model(loss_mod).model, opt, aux_opt, done, cfg, backbone.backbone_id))
         if timeout:
             break
     if state is None and done == first and acc.is_main_process:  # zero steps asked: still leave a checkpoint
-        _save(path, _blob(model, opt, aux_opt, done, cfg, backbone.backbone_id))
+        save_checkpoint(path, _blob(model, opt, aux_opt, done, cfg, backbone.backbone_id))
     prints = acc.gather(torch.tensor([acc.unwrap_model(loss_mod).model.fingerprint()], dtype=torch.int64, device=dev))
     if acc.is_main_process:
         record = {"step": done, "processes": acc.num_processes, "ranks_equal": bool((prints == prints[0]).all())}

@@ -52,7 +52,7 @@ class DiffEICModel(nn.Module):
                       scale: float = 1.0) -> torch.Tensor:
         """:math:`\\hat\\epsilon` of the frozen ``unet`` steered by ``c`` (differentiable w.r.t. this model), float32;
         ``scale`` multiplies every control residual (0: the plain UNet). The control module and the UNet run
-        under the caller's autocast: training's (:class:`~egc_lite.training.diffeic.DiffEICLoss`), or the backbone's inference precision
+        under the caller's autocast: training's (:class:`~egc_lite.training.losses.DiffEICLoss`), or the backbone's inference precision
         (:func:`~egc_lite.codecs.diffeic.steered_denoiser`)."""
         dev = self.device
         b = z_t.shape[0]
