@@ -57,9 +57,8 @@ from .models.autoencoder import (
 from .models.tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 from .precision import autocast, prepare_module
 from .precision import inference_precision as decide_inference_precision
+from .weights import EGC_TINY_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-EGC_TINY_DIR = WEIGHTS_DIR / "egc-tiny"
 NULL_COND_FILE = "null_cond.safetensors"
 HUB_HOST = ("huggingface.co", 443)
 #: Length of a backbone id (hex characters of a SHA-256): short and fixed, as a file carries it.

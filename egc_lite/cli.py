@@ -372,8 +372,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.what == "textinv-prior":
         from .backbone import load_backbone
-        from .codecs.textual_inversion import InversionConfig, fit_embedding_prior, prior_path
+        from .codecs.textual_inversion import InversionConfig
         from .data import list_images, load_image, training_photos_dir
+        from .training.textinv_prior import fit_embedding_prior
+        from .weights import prior_path
 
         b = load_backbone(args.backbone, device=args.device)
         folder = Path(args.data) if args.data else training_photos_dir()
@@ -401,8 +403,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if (args.out is None) == (args.quality is None):  # checked before the slow imports
             raise ParameterError("give either --out FOLDER or --quality N")
-        from .codecs.diffeic import QUALITY_LAMBDA, rate_points_root
+        from .codecs.diffeic import QUALITY_LAMBDA
         from .training.diffeic import checkpoint_backbone_id, export_diffeic
+        from .weights import rate_points_root
 
         if args.quality is not None and args.quality not in QUALITY_LAMBDA:
             raise ParameterError(f"--quality must be one of {sorted(QUALITY_LAMBDA)}, got {args.quality}")
@@ -413,7 +416,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.backbone import export_backbone, export_vae
 
         if args.vae_only:
-            from .backbone import EGC_TINY_DIR
+            from .weights import EGC_TINY_DIR
 
             print(export_vae(args.ckpt, args.out or EGC_TINY_DIR))
         else:

@@ -553,7 +553,7 @@ def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, photo_
     shipped points, whatever backbone the checkpoint was trained on); it now writes <root>/<backbone id>/qN."""
     import hashlib
 
-    import egc_lite.codecs.diffeic as codec_b
+    import egc_lite.weights as weights
     from egc_lite.cli import main
 
     monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
@@ -563,7 +563,7 @@ def test_export_by_quality_leaves_the_shipped_rate_points_alone(tmp_path, photo_
         (DIFFEIC_WEIGHTS / f"q{q}").mkdir(parents=True)
         (DIFFEIC_WEIGHTS / f"q{q}" / "config.json").write_text('{"backbone_id": "shipped"}')
         (DIFFEIC_WEIGHTS / f"q{q}" / "model.safetensors").write_bytes(b"shipped weights")
-    monkeypatch.setattr(codec_b, "DIFFEIC_WEIGHTS", DIFFEIC_WEIGHTS)
+    monkeypatch.setattr(weights, "DIFFEIC_DIR", DIFFEIC_WEIGHTS)
     ckpt = tmp_path / "ckpt"
     train_diffeic(DiffEICTrainConfig(ckpt_dir=str(ckpt), data_dir=str(photo_folder),
                                      model=DiffEICConfig(N=8, M=8, lmbda=4.0), steps=1, batch_size=1, crop=64), tiny_backbone)

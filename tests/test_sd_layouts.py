@@ -99,9 +99,9 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
 
 def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_image, monkeypatch):
     """Fault 5: exported points go to <root>/<backbone id>/qN; --weights names any folder of points."""
-    from egc_lite.codecs.diffeic import rate_points_root
     from egc_lite.models.diffeic.config import DiffEICConfig
     from egc_lite.models.diffeic.model import DiffEICModel, save_diffeic
+    from egc_lite.weights import rate_points_root
 
     monkeypatch.setenv("EGC_DIFFEIC_WEIGHTS", str(tmp_path / "points"))
     model = DiffEICModel.for_backbone(DiffEICConfig(N=8, M=8), tiny_backbone, seed=0).eval()
@@ -118,7 +118,8 @@ def test_rate_points_are_kept_per_backbone_id(tmp_path, tiny_backbone, smooth_im
 def test_prior_fitting_never_writes_into_the_model_folder(tmp_path, folders, monkeypatch):
     """Fault 3: the prior goes to the user's prior folder for the backbone id; the id does not change."""
     from egc_lite.cli import main
-    from egc_lite.codecs.textual_inversion import EmbeddingPrior, prior_path
+    from egc_lite.codecs.textual_inversion import EmbeddingPrior
+    from egc_lite.weights import prior_path
 
     monkeypatch.setenv("EGC_PRIORS", str(tmp_path / "priors"))
     photos = tmp_path / "photos"

@@ -80,7 +80,7 @@ def test_prior_saved_beside_backbone_is_used(tmp_path, tiny_backbone):
 
 
 def test_fit_prior_gives_positive_scales_per_channel(tiny_backbone):
-    from egc_lite.codecs.textual_inversion import fit_embedding_prior
+    from egc_lite.training.textinv_prior import fit_embedding_prior
 
     g = torch.Generator().manual_seed(5)
     images = [torch.rand(3, 40, 56, generator=g) for _ in range(2)]

@@ -22,7 +22,7 @@ Rate points: ``--quality N`` loads a folder ``q{N}`` (``config.json`` + ``model.
 trained for the loaded backbone with ``egc train diffeic --lmbda L`` (:data:`QUALITY_LAMBDA` lists
 the suggested :math:`\\lambda`; 1 = lowest rate). Rate points are kept per backbone id: without
 ``weights_dir`` (``--weights DIR`` on the command line) the codec looks in
-``<rate_points_root()>/<backbone id>/q{N}`` (where ``egc train diffeic-export --quality N`` writes),
+``<egc_lite.weights.rate_points_root()>/<backbone id>/q{N}`` (where ``egc train diffeic-export --quality N`` writes),
 then in the package's ``egc_lite/weights/diffeic/q{N}`` when that point was trained for this backbone
 (the shipped egc-tiny points). ``--bpp T`` picks
 the highest shipped quality whose file fits ``T`` (the compressor is cheap; sampling is not run).
@@ -37,8 +37,6 @@ written before it existed, means DDIM). Padded sizes follow from the image size 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -52,10 +50,9 @@ from ..errors import BitstreamError, ModelNotFoundError, ParameterError
 from ..models.diffeic.config import COMPRESSOR_STRIDE
 from ..models.diffeic.model import DiffEICModel, load_diffeic
 from ..sampling.ddim import Denoiser, SamplerConfig, check_steps, ddim_sample, output_to_epsilon
+from ..weights import rate_point_folder
 from .base import Codec, CompressOptions
 
-#: Where the shipped rate points live: ``<DIFFEIC_WEIGHTS>/q{N}``.
-DIFFEIC_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "diffeic"
 #: Suggested rate weight per quality (the reference's five points; 1 = lowest rate).
 QUALITY_LAMBDA = {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}
 DEFAULT_QUALITY = 3
@@ -69,24 +66,6 @@ ETA_UNIT = 1000
 def default_start_step(steps: int) -> int:
     """:data:`DEFAULT_START_FRACTION` of ``steps``, rounded, and at most ``steps - 1``."""
     return min(steps - 1, int(round(DEFAULT_START_FRACTION * steps)))
-
-
-def rate_points_root() -> Path:
-    """Where exported rate points go, one folder per backbone id: ``$EGC_DIFFEIC_WEIGHTS``, else
-    ``~/.cache/egc_lite/diffeic`` (never inside the package or a model folder by default)."""
-    env = os.environ.get("EGC_DIFFEIC_WEIGHTS", "").strip()
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / "egc_lite" / "diffeic"
-
-
-def _trained_for(folder: Path) -> str | None:
-    """The backbone id recorded in a rate point's ``config.json`` (None if unreadable)."""
-    try:
-        return str(json.loads((folder / "config.json").read_text()).get("backbone_id", ""))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def steered_denoiser(model: DiffEICModel, backbone, c: torch.Tensor) -> Denoiser:
@@ -135,14 +114,10 @@ class DiffEICCodec(Codec):
 
     def folder(self, quality: int) -> Path:
         """The rate point's folder: in ``weights_dir`` if given, else the first of the user's folder for
-        this backbone id and the package's shipped point trained for it (module docstring)."""
+        this backbone id and the package's shipped point trained for it (:func:`~egc_lite.weights.rate_point_folder`)."""
         if self.weights_dir is not None:
             return self.weights_dir / f"q{quality}"
-        mine = rate_points_root() / self.backbone_id / f"q{quality}"
-        shipped = DIFFEIC_WEIGHTS / f"q{quality}"
-        if not (mine / "config.json").is_file() and _trained_for(shipped) == self.backbone_id:
-            return shipped
-        return mine
+        return rate_point_folder(self.backbone_id, quality)
 
     def available_qualities(self) -> list[int]:
         """Qualities with weights in ``weights_dir`` (not checked against the backbone)."""

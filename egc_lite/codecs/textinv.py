@@ -14,7 +14,7 @@ of the budget, and the guide (factor and quality) takes what is left with the be
 step is snapped to the header's fixed point (:data:`FIXED`) *before* quantizing, so encoder and
 decoder use the same :math:`\\Delta` and the same symbol scales.
 
-Entropy coding: the symbols' probability tables are the shipped :data:`TABLES_FILE` (built once
+Entropy coding: the symbols' probability tables are the shipped :data:`~egc_lite.weights.TEXTINV_TABLES` (built once
 with CompressAI's default scale table), loaded, never rebuilt at run time, so a file decodes
 bit-exactly across torch / compressai versions. The header also stores ``pf``, the prior's
 32-bit fingerprint: a file made under another prior is refused, not decoded into garbage.
@@ -38,6 +38,7 @@ from ..guide import decode_guide
 from ..sampling.consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
 from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample, unet_denoiser
 from ..sampling.guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
+from ..weights import TEXTINV_TABLES
 from .base import Codec, CompressOptions
 from .guide_codec import best_guide
 from .textual_inversion import (
@@ -52,11 +53,7 @@ from .textual_inversion import (
 QUALITY_BPP = {1: 0.03, 2: 0.05, 3: 0.07, 4: 0.1, 5: 0.15}
 #: Multiples of the base quantization step tried by rate control.
 STEP_LADDER = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
-#: Codec A's shipped CDF tables (CompressAI's default scale table, 16-bit precision).
-TABLES_FILE = Path(__file__).resolve().parents[1] / "weights" / "textinv_tables.safetensors"
-
-
-def load_tables(path: Path = TABLES_FILE) -> GaussianConditional:
+def load_tables(path: Path = TEXTINV_TABLES) -> GaussianConditional:
     """A ``GaussianConditional`` carrying the shipped tables (CPU, float32 scales)."""
     from safetensors.torch import load_file
 

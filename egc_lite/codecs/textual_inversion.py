@@ -25,7 +25,7 @@ it, as textual inversion learns a few pseudo-words; the other positions keep the
 values. On egc-tiny (no BOS) every position is optimized.
 
 Priors: :meth:`EmbeddingPrior.for_backbone` looks in the user's prior folder for the backbone id
-(:func:`prior_path`, written by ``egc train textinv-prior``), then beside the backbone (egc-tiny
+(:func:`~egc_lite.weights.prior_path`, written by ``egc train textinv-prior``), then beside the backbone (egc-tiny
 ships one), and otherwise falls back, with an :class:`~egc_lite.errors.EGCWarning`, to an unfitted
 scale. A prior is never part of the backbone id; codec A's header carries its fingerprint.
 """
@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,26 +44,12 @@ from ..backbone import Backbone
 from ..errors import EGCWarning, ParameterError
 from ..progress import progress
 from ..sampling.ddim import training_target
+from ..weights import PRIOR_FILE, prior_path
 
-PRIOR_FILE = "textinv_prior.safetensors"
 #: Scale of the unfitted prior (used when no fitted one is found).
 DEFAULT_SIGMA = 0.1
 #: Positions optimized after the BOS token on a Stable Diffusion backbone (the default window).
 SD_TOKENS = 4
-
-
-def priors_root() -> Path:
-    """Where ``egc train textinv-prior`` writes priors: ``$EGC_PRIORS``, else ``~/.cache/egc_lite/priors``."""
-    env = os.environ.get("EGC_PRIORS", "").strip()
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base).expanduser() if base else Path.home() / ".cache") / "egc_lite" / "priors"
-
-
-def prior_path(backbone_id: str) -> Path:
-    """The user's prior file for a backbone id (outside every model folder)."""
-    return priors_root() / backbone_id / PRIOR_FILE
 
 
 @dataclass(frozen=True)
@@ -120,7 +105,7 @@ class EmbeddingPrior:
 
     @classmethod
     def load(cls, path: str | Path, cond_dim: int) -> "EmbeddingPrior":
-        """A prior file (or a folder holding :data:`PRIOR_FILE`) for embeddings of width ``cond_dim``."""
+        """A prior file (or a folder holding :data:`~egc_lite.weights.PRIOR_FILE`) for embeddings of width ``cond_dim``."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -137,7 +122,7 @@ class EmbeddingPrior:
 
     @classmethod
     def for_backbone(cls, backbone: Backbone, path: str | Path | None = None) -> "EmbeddingPrior":
-        """``path`` if given; else the user's prior for the backbone id (:func:`prior_path`); else the one
+        """``path`` if given; else the user's prior for the backbone id (:func:`~egc_lite.weights.prior_path`); else the one
         beside the backbone; else the unfitted default, with a loud :class:`EGCWarning`."""
         candidates = [Path(path)] if path is not None else [prior_path(backbone.backbone_id)]
         if path is None and backbone.path is not None:
@@ -155,7 +140,7 @@ class EmbeddingPrior:
         return cls(sigma=torch.full((backbone.cond_dim,), DEFAULT_SIGMA))
 
     def save(self, path: str | Path) -> Path:
-        """Write the prior to ``path`` (a ``.safetensors`` file, or a folder that gets :data:`PRIOR_FILE`)."""
+        """Write the prior to ``path`` (a ``.safetensors`` file, or a folder that gets :data:`~egc_lite.weights.PRIOR_FILE`)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -296,33 +281,3 @@ def expected_bits_per_value(sigma_over_delta: float) -> float:
     normal = torch.distributions.Normal(0.0, 1.0)
     p = (normal.cdf((ks + 0.5) / s) - normal.cdf((ks - 0.5) / s)).clamp_min(1e-300)
     return float(-(p * torch.log2(p)).sum()) if s > 0 else 0.0 * math.e
-
-
-def fit_embedding_prior(backbone: Backbone, images: list[torch.Tensor], config: InversionConfig | None = None,
-                        max_side: int = 384) -> EmbeddingPrior:
-    """Fit the prior's per-channel scales on training images (never on the benchmark).
-
-    Each image (3, H, W) is downscaled to at most ``max_side`` pixels, inverted without the rate
-    term, and :math:`\\sigma_d` is the RMS of :math:`e - e_\\varnothing` over images and optimized
-    tokens, per channel :math:`d`.
-    """
-    import torch.nn.functional as F
-
-    from ..data import pad_to_multiple
-
-    config = config or InversionConfig(lmbda=0.0)
-    sl = config.token_slice(backbone)
-    residuals = []
-    mult = backbone.size_multiple
-    for k, x in enumerate(progress(images, desc="fitting the embedding prior")):
-        scale = min(1.0, max_side / max(x.shape[1:]))
-        if scale < 1:
-            x = F.interpolate(x[None], scale_factor=scale, mode="area")[0]
-        xp, _ = pad_to_multiple(x[None], mult)
-        with torch.no_grad():
-            z0 = backbone.encode(xp.to(backbone.device))
-        res = invert_embedding(backbone, z0.float(), replace(config, seed=k), EmbeddingPrior(torch.ones(backbone.cond_dim)))
-        residuals.append((res.embedding[:, sl] - backbone.null_cond.float()[:, sl]).reshape(-1, backbone.cond_dim).cpu())
-    r = torch.cat(residuals)
-    return EmbeddingPrior(sigma=r.pow(2).mean(0).sqrt().clamp_min(1e-4), fitted=True, source="fitted")
-

@@ -413,7 +413,8 @@ def export_backbone(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> 
     """
     from safetensors.torch import save_file
 
-    from ..backbone import EGC_TINY_DIR, NULL_COND_FILE
+    from ..backbone import NULL_COND_FILE
+    from ..weights import EGC_TINY_DIR
 
     ckpt = Path(ckpt_dir)
     out = Path(out_dir) if out_dir else EGC_TINY_DIR
