@@ -21,16 +21,8 @@ import torch
 import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
-from egc_lite.coding.entropy import (
-    compress_factorized,
-    compress_gaussian,
-    decompress_factorized,
-    decompress_gaussian,
-    estimate_bits_factorized,
-    estimate_bits_gaussian,
-    fit_factorized,
-    update_tables,
-)
+from egc_lite.coding.entropy import estimate_bits_factorized, estimate_bits_gaussian, fit_factorized, update_tables
+from egc_lite.coding.range_coding import compress_factorized, compress_gaussian, decompress_factorized, decompress_gaussian
 
 Sampler = Callable[[torch.Generator], torch.Tensor]
 

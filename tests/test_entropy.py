@@ -1,4 +1,5 @@
-"""Tests of egc_lite.coding.entropy: quantization, rates, tables, exact and cross-process round trips."""
+"""Tests of egc_lite.coding.entropy and egc_lite.coding.range_coding: quantization, rates, tables, exact and
+cross-process round trips."""
 
 from __future__ import annotations
 
@@ -14,13 +15,6 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
 from egc_lite.coding.entropy import (
-    MIN_CODED_SYMBOLS,
-    GaussianStreamDecoder,
-    GaussianStreamEncoder,
-    compress_factorized,
-    compress_gaussian,
-    decompress_factorized,
-    decompress_gaussian,
     estimate_bits_factorized,
     estimate_bits_gaussian,
     fit_factorized,
@@ -28,6 +22,15 @@ from egc_lite.coding.entropy import (
     quantize,
     tables_ready,
     update_tables,
+)
+from egc_lite.coding.range_coding import (
+    MIN_CODED_SYMBOLS,
+    GaussianStreamDecoder,
+    GaussianStreamEncoder,
+    compress_factorized,
+    compress_gaussian,
+    decompress_factorized,
+    decompress_gaussian,
 )
 from egc_lite.errors import BitstreamError, ParameterError
 
@@ -336,7 +339,8 @@ def test_decode_in_fresh_process_is_bit_exact(tmp_path: Path, trained: EntropyBo
         import torch
         from torch import nn
         from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-        from egc_lite.coding.entropy import fit_table_buffers, decompress_factorized, decompress_gaussian
+        from egc_lite.coding.entropy import fit_table_buffers
+        from egc_lite.coding.range_coding import decompress_factorized, decompress_gaussian
         p = torch.load({str(tmp_path / "in.pt")!r})
         model = nn.ModuleDict({{"eb": EntropyBottleneck(4), "gc": GaussianConditional(None)}})
         state = {{k[len("codec."):]: v for k, v in p["state"].items()}}
@@ -364,6 +368,7 @@ def test_garbage_and_tiny_streams_do_not_crash() -> None:
         import random, torch
         from compressai.entropy_models import EntropyBottleneck, GaussianConditional
         from egc_lite.coding.entropy import *
+        from egc_lite.coding.range_coding import *
         torch.manual_seed(0)
         eb = EntropyBottleneck(4); update_tables(eb)
         gc = GaussianConditional(None); update_tables(gc)

@@ -31,7 +31,7 @@ from compressai.entropy_models import GaussianConditional
 
 from ..coding.bitstream import Bitstream, encode_bitstream
 from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
-from ..coding.entropy import compress_gaussian, decompress_gaussian
+from ..coding.range_coding import compress_gaussian, decompress_gaussian
 from ..data import crop_to, pad_to_multiple
 from ..errors import BitstreamError, ParameterError
 from ..guide import decode_guide

@@ -67,7 +67,6 @@ to exactly the same bytes.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import secrets
@@ -77,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BitstreamError, EGCError, ParameterError
+from .wire import ParamValue, Reader, is_printable_ascii, put_value, put_varint, read_value
 
 __all__ = [
     "CODEC_IDS",
@@ -111,21 +111,10 @@ MAX_NAME_BYTES = 32
 MAX_BACKBONE_BYTES = 255
 MAX_SIDE = 65535
 """Largest image height or width."""
-MAX_VARINT_BYTES = 10
 MIN_FILE_BYTES = 15
 """magic 4 + version 1 + codec 1 + backbone length 1 + height 1 + width 1 + counts 2 + CRC 4."""
 
-_TAG_INT = 1
-_TAG_FLOAT = 2
-_TAG_STR = 3
-_TAG_FALSE = 4
-_TAG_TRUE = 5
 
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
-_UINT64_MAX = (1 << 64) - 1
-
-ParamValue = int | float | str | bool
 PathLike = str | os.PathLike[str]
 
 
@@ -156,41 +145,11 @@ class Bitstream:
 # --------------------------------------------------------------------------- encoding
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    """Append ``value`` (0 <= value < 2**64) as a shortest-form LEB128 varint."""
-    if not 0 <= value <= _UINT64_MAX:
-        raise ParameterError(f"value {value} does not fit in an unsigned 64-bit varint")
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return
-
-
-def _zigzag(n: int) -> int:
-    """Map a signed 64-bit integer to an unsigned one: 0,-1,1,-2 -> 0,1,2,3."""
-    return (n << 1) ^ (n >> 63)
-
-
-def _unzigzag(z: int) -> int:
-    """Inverse of :func:`_zigzag`."""
-    return (z >> 1) ^ -(z & 1)
-
-
-def _is_printable_ascii(text: str, allow_space: bool) -> bool:
-    """Whether ``text`` only holds printable ASCII (with or without space)."""
-    low = 0x20 if allow_space else 0x21
-    return all(low <= ord(c) <= 0x7E for c in text)
-
-
 def _check_name(kind: str, name: object) -> bytes:
     """Validate a parameter key or section name and return its ASCII bytes."""
     if not isinstance(name, str):
         raise ParameterError(f"{kind} name {name!r} must be a str, not {type(name).__name__}")
-    if not name or len(name) > MAX_NAME_BYTES or not _is_printable_ascii(name, allow_space=False):
+    if not name or len(name) > MAX_NAME_BYTES or not is_printable_ascii(name, allow_space=False):
         raise ParameterError(
             f"{kind} name {name!r} is invalid: use 1 to {MAX_NAME_BYTES} printable ASCII "
             "characters without spaces"
@@ -213,33 +172,7 @@ def _put_param(out: bytearray, key: str, value: object) -> None:
     key_bytes = _check_name("parameter", key)
     out.append(len(key_bytes))
     out += key_bytes
-    if isinstance(value, bool):
-        out.append(_TAG_TRUE if value else _TAG_FALSE)
-    elif isinstance(value, numbers.Integral):
-        n = int(value)
-        if not _INT64_MIN <= n <= _INT64_MAX:
-            raise ParameterError(f"parameter {key!r} = {n} does not fit in a signed 64-bit integer")
-        out.append(_TAG_INT)
-        _put_varint(out, _zigzag(n))
-    elif isinstance(value, numbers.Real):
-        x = float(value)
-        if not math.isfinite(x):
-            raise ParameterError(f"parameter {key!r} = {x} is not a finite number")
-        out.append(_TAG_FLOAT)
-        out += struct.pack("<d", x)
-    elif isinstance(value, str):
-        try:
-            raw = value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ParameterError(f"parameter {key!r} is not encodable as UTF-8: {exc.reason}") from None
-        out.append(_TAG_STR)
-        _put_varint(out, len(raw))
-        out += raw
-    else:
-        raise ParameterError(
-            f"parameter {key!r} has unsupported type {type(value).__name__}: "
-            "use int, float, str or bool"
-        )
+    put_value(out, key, value)
 
 
 def encode_bitstream(bs: Bitstream) -> bytes:
@@ -256,7 +189,7 @@ def encode_bitstream(bs: Bitstream) -> bytes:
         raise ParameterError(f"unknown codec {bs.codec!r}: use one of {', '.join(CODEC_IDS)}")
     if not isinstance(bs.backbone_id, str):
         raise ParameterError(f"backbone id must be a str, not {type(bs.backbone_id).__name__}")
-    if len(bs.backbone_id) > MAX_BACKBONE_BYTES or not _is_printable_ascii(bs.backbone_id, allow_space=True):
+    if len(bs.backbone_id) > MAX_BACKBONE_BYTES or not is_printable_ascii(bs.backbone_id, allow_space=True):
         raise ParameterError(
             f"backbone id {bs.backbone_id!r} is invalid: use at most {MAX_BACKBONE_BYTES} "
             "printable ASCII characters"
@@ -276,12 +209,12 @@ def encode_bitstream(bs: Bitstream) -> bytes:
     backbone = bs.backbone_id.encode("ascii")
     out.append(len(backbone))
     out += backbone
-    _put_varint(out, height)
-    _put_varint(out, width)
-    _put_varint(out, len(bs.params))
+    put_varint(out, height)
+    put_varint(out, width)
+    put_varint(out, len(bs.params))
     for key, value in bs.params.items():
         _put_param(out, key, value)
-    _put_varint(out, len(bs.sections))
+    put_varint(out, len(bs.sections))
     for name, payload in bs.sections.items():
         name_bytes = _check_name("section", name)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -289,7 +222,7 @@ def encode_bitstream(bs: Bitstream) -> bytes:
         payload = bytes(payload)
         out.append(len(name_bytes))
         out += name_bytes
-        _put_varint(out, len(payload))
+        put_varint(out, len(payload))
         out += payload
         if len(out) + 4 > MAX_FILE_BYTES:
             break  # reported below; stop copying more payload
@@ -302,68 +235,6 @@ def encode_bitstream(bs: Bitstream) -> bytes:
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-class _Reader:
-    """Bounds-checked cursor over the checksummed part of a file."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def remaining(self) -> int:
-        """Bytes not read yet."""
-        return len(self.data) - self.pos
-
-    def fail(self, what: str, at: int | None = None) -> BitstreamError:
-        """Build the error for a malformed field."""
-        where = self.pos if at is None else at
-        return BitstreamError(
-            f"corrupt egc_lite file: {what} (at byte {where}); "
-            "the file is damaged or was not written by egc_lite: compress the image again"
-        )
-
-    def u8(self, what: str) -> int:
-        """Read one byte."""
-        if self.pos >= len(self.data):
-            raise self.fail(f"the file ends inside the {what}")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def take(self, n: int, what: str) -> bytes:
-        """Read ``n`` bytes, refusing lengths beyond the end of the data."""
-        if n > self.remaining():
-            raise self.fail(f"the {what} claims {n} bytes but only {self.remaining()} remain")
-        chunk = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return chunk
-
-    def varint(self, what: str) -> int:
-        """Read a shortest-form LEB128 varint of at most 10 bytes and value < 2**64."""
-        start = self.pos
-        value = 0
-        for i in range(MAX_VARINT_BYTES):
-            byte = self.u8(what)
-            value |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if byte == 0 and i > 0:
-                    raise self.fail(f"the {what} is not in shortest varint form", start)
-                if value > _UINT64_MAX:
-                    raise self.fail(f"the {what} does not fit in 64 bits", start)
-                return value
-        raise self.fail(f"the {what} is longer than {MAX_VARINT_BYTES} bytes", start)
-
-    def name(self, kind: str) -> str:
-        """Read a u8-length-prefixed name (1..32 printable ASCII characters, no space)."""
-        start = self.pos
-        n = self.u8(f"{kind} name length")
-        if not 1 <= n <= MAX_NAME_BYTES:
-            raise self.fail(f"{kind} name length {n} is not in 1..{MAX_NAME_BYTES}", start)
-        raw = self.take(n, f"{kind} name")
-        if not all(0x21 <= b <= 0x7E for b in raw):
-            raise self.fail(f"{kind} name {raw!r} is not printable ASCII", start + 1)
-        return raw.decode("ascii")
 
 
 def _check_size_cap(num_bytes: int, what: str) -> None:
@@ -411,31 +282,6 @@ def _check_envelope(data: bytes) -> None:
         )
 
 
-def _read_param(r: _Reader, key: str) -> ParamValue:
-    """Read the type tag and value of parameter ``key``."""
-    start = r.pos
-    tag = r.u8(f"type tag of parameter {key!r}")
-    if tag == _TAG_INT:
-        return _unzigzag(r.varint(f"value of parameter {key!r}"))
-    if tag == _TAG_FLOAT:
-        x = struct.unpack("<d", r.take(8, f"value of parameter {key!r}"))[0]
-        if not math.isfinite(x):
-            raise r.fail(f"parameter {key!r} is not a finite number", start + 1)
-        return x
-    if tag == _TAG_STR:
-        n = r.varint(f"length of parameter {key!r}")
-        raw = r.take(n, f"value of parameter {key!r}")
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise r.fail(f"parameter {key!r} is not valid UTF-8", start + 1) from None
-    if tag == _TAG_FALSE:
-        return False
-    if tag == _TAG_TRUE:
-        return True
-    raise r.fail(f"parameter {key!r} has unknown type tag {tag}", start)
-
-
 def decode_bitstream(data: bytes, expected_backbone_id: str | None = None) -> Bitstream:
     """Parse the bytes of an egc_lite file.
 
@@ -447,7 +293,7 @@ def decode_bitstream(data: bytes, expected_backbone_id: str | None = None) -> Bi
     data = bytes(data)
     _check_envelope(data)
 
-    r = _Reader(data[:-4])
+    r = Reader(data[:-4])
     r.pos = len(MAGIC) + 1
     codec_id = r.u8("codec id")
     names = {v: k for k, v in CODEC_IDS.items()}
@@ -478,10 +324,10 @@ def decode_bitstream(data: bytes, expected_backbone_id: str | None = None) -> Bi
     params: dict[str, ParamValue] = {}
     for _ in range(count):
         start = r.pos
-        key = r.name("parameter")
+        key = r.name("parameter", MAX_NAME_BYTES)
         if key in params:
             raise r.fail(f"parameter {key!r} appears twice", start)
-        params[key] = _read_param(r, key)
+        params[key] = read_value(r, key)
 
     start = r.pos
     count = r.varint("section count")
@@ -490,7 +336,7 @@ def decode_bitstream(data: bytes, expected_backbone_id: str | None = None) -> Bi
     sections: dict[str, bytes] = {}
     for _ in range(count):
         start = r.pos
-        name = r.name("section")
+        name = r.name("section", MAX_NAME_BYTES)
         if name in sections:
             raise r.fail(f"section {name!r} appears twice", start)
         sections[name] = r.take(r.varint(f"length of section {name!r}"), f"section {name!r}")

@@ -120,8 +120,8 @@ def check_decode(estimate: int, what: str) -> None:
 
 def check_payload_bytes(n_bytes: int, n_symbols: int, what: str) -> None:
     """A range-coded payload cannot be longer than its symbols can fill: the encoder refuses streams
-    over 32 bits per symbol (:mod:`egc_lite.coding.entropy`), so more bytes mean a header of another image."""
-    from .entropy import MIN_CODED_SYMBOLS
+    over 32 bits per symbol (:mod:`egc_lite.coding.range_coding`), so more bytes mean a header of another image."""
+    from .range_coding import MIN_CODED_SYMBOLS
 
     limit = 4 * (max(n_symbols, MIN_CODED_SYMBOLS) + 4)
     if n_bytes > limit:

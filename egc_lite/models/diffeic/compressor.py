@@ -40,7 +40,7 @@ class LatentCompressor(nn.Module):
     """Hyperprior compressor from image (+ VAE latent) to content variables (:mod:`egc_lite.models.diffeic`).
 
     ``forward(x, z0)`` (training): ``c`` and the likelihoods ``{"y", "z"}``. :meth:`compress` /
-    :meth:`decompress`: real bytes through :mod:`egc_lite.coding.entropy` (one item at a time).
+    :meth:`decompress`: real bytes through :mod:`egc_lite.coding.range_coding` (one item at a time).
     ``x`` is ``(B, 3, H, W)`` in [0, 1] with H, W multiples of 64; ``z0`` is the backbone's
     scaled latent of ``x``. ``z0_modulation``: ``"concat"`` (z0 joins g_a's stride-8 features) or
     ``"sft"`` (SFT layers in :math:`g_a` and :math:`h_a`, :class:`~.layers.AnalysisSFT`, :class:`~.layers.HyperAnalysisSFT`,
@@ -196,7 +196,7 @@ class LatentCompressor(nn.Module):
         quantised values must equal them, or a :class:`RuntimeError` says this machine's float32
         convolutions are not deterministic).
         """
-        from ...coding.entropy import GaussianStreamEncoder, compress_factorized, compress_gaussian
+        from ...coding.range_coding import GaussianStreamEncoder, compress_factorized, compress_gaussian
 
         z_bytes = compress_factorized(self.entropy_bottleneck, w)
         shape = tuple(int(s) for s in w.shape[-2:])
@@ -225,13 +225,13 @@ class LatentCompressor(nn.Module):
         return {"strings": {"y": y_bytes, "z": z_bytes}, "shape": shape, "y_hat": y_hat}
 
     def _decode_w(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
-        from ...coding.entropy import decompress_factorized
+        from ...coding.range_coding import decompress_factorized
 
         return decompress_factorized(self.entropy_bottleneck, data, shape)
 
     def _decode_y(self, data: bytes, w_hat: torch.Tensor) -> torch.Tensor:
         """:math:`\\hat y` (CPU float32) from its bytes and the decoded hyper-latent."""
-        from ...coding.entropy import GaussianStreamDecoder, decompress_gaussian
+        from ...coding.range_coding import GaussianStreamDecoder, decompress_gaussian
 
         if self.context is None:
             scales, means = self.hyper_parameters_cpu(w_hat)
