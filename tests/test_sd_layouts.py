@@ -69,7 +69,7 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
     level without attention; SD 2.1's per-level heads and linear projections), at a tiny width: 12 encoder and 12
     decoder residuals, zero-initialised, and with non-zero projections exactly the reference's loop."""
     from diffusers import UNet2DConditionModel
-    from test_diffeic import _randomise_projections, _reference_loop
+    from tests.models.diffeic.test_control import _randomise_projections, _reference_loop
 
     from egc_lite.models.diffeic.config import DiffEICConfig, unet_summary
     from egc_lite.models.diffeic.model import DiffEICModel

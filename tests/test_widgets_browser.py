@@ -29,7 +29,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_notebooks import KERNEL_NAME, NOTEBOOK_PARAMETERS
+
+from tests.test_notebooks import KERNEL_NAME, NOTEBOOK_PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "02_compression_guidance.ipynb"

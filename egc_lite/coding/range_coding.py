@@ -17,7 +17,7 @@ Garbage input
     foreign bytes it reads past the buffer. :func:`decompress_factorized` and
     :func:`decompress_gaussian` therefore append zero bytes (16 per symbol plus 64 per
     input byte) before decoding, which keeps every read inside memory we own for
-    any input we have tried (see ``tests/test_entropy.py``, which fuzzes it in a
+    any input we have tried (see ``tests/coding/test_entropy.py``, which fuzzes it in a
     subprocess); the decoder then returns meaningless but finite values. This is a
     safety net, not a validity check: the container's checksum is what rejects a
     corrupt file before it gets here.

@@ -25,7 +25,7 @@ Stochastic steps (``SamplerConfig.eta``, Song et al. eq. 12 and 16): with
 same timesteps. The fresh noise :math:`\\xi` is drawn from the *same* seeded CPU generator as the initial
 noise (after it), so a file's seed still fixes every value: the same pixels on every decode. Measured
 with the exact denoiser of Gaussian data (std 0.5, mean 0.7; :mod:`egc_lite.sampling.analytic`, closed form in
-``tests/test_analytic.py``): at 50 steps DDIM ends at mean 0.674, std 0.479, the ancestral sampler at
+``tests/sampling/test_analytic.py``): at 50 steps DDIM ends at mean 0.674, std 0.479, the ancestral sampler at
 mean 0.699, std 0.454 (each step uses :math:`\\mathbb{E}[z_0\\mid z_t]`, not a draw of :math:`z_0`, so few
 stochastic steps lose variance); at 500 steps, std 0.499 and 0.493.
 """

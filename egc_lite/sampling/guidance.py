@@ -20,7 +20,7 @@ moves by :math:`-(s_c/\\sqrt{\\bar\\alpha_{t'}})\\,\\nabla_{\\hat z_0}\\mathcal{
 clean-latent space only up to the factor :math:`1/\\sqrt{\\bar\\alpha_{t'}}`: 11.7 at the first of 50 DDIM
 steps on Stable Diffusion's schedule (:math:`t' = 961`), falling to 1.0 at the last. Early steps are
 pulled hardest, which is where the guide's coarse layout should be settled
-(``tests/test_analytic.py`` checks this size exactly with a Gaussian denoiser).
+(``tests/sampling/test_analytic.py`` checks this size exactly with a Gaussian denoiser).
 
 Modes (the cost is a decoder pass and its gradient per guided step):
 

@@ -28,7 +28,7 @@ Control module: what is built here
     layer counts, ``Timesteps`` / ``TimestepEmbedding``), so the same code serves the kit's UNets
     (``layers_per_block=1``) and SD 1.5 / 2.1. The frozen UNet runs its *own* forward; the residuals
     are added by forward hooks installed on its modules for one call (tested equal to the reference's
-    loop written out, ``tests/test_diffeic.py``). Differences from the reference: control widths are
+    loop written out, ``tests/models/diffeic/test_control.py``). Differences from the reference: control widths are
     ``control_ratio`` x the UNet's rounded to multiples of ``control_norm_groups`` (egc-tiny: 8, 16, 24
     instead of 6.4, 12.8, 25.6); GroupNorm groups divide every control width, at most the UNet's and
     with at least two channels each (SD: 32, as the reference); heads are the UNet's count per level

@@ -14,7 +14,7 @@ from egc_lite.evaluate import grid
 from egc_lite.evaluate.grid import RunOptions, expand, load_results, load_spec, run_sweep
 from egc_lite.evaluate.record import MIME, read_records, record
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ from egc_lite.coding.range_coding import (
 )
 from egc_lite.errors import BitstreamError, ParameterError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _gen(seed: int) -> torch.Generator:

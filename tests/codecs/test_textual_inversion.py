@@ -79,16 +79,6 @@ def test_prior_saved_beside_backbone_is_used(tmp_path, tiny_backbone):
     assert not EmbeddingPrior.for_backbone(tiny_backbone).fitted
 
 
-def test_fit_prior_gives_positive_scales_per_channel(tiny_backbone):
-    from egc_lite.training.textinv_prior import fit_embedding_prior
-
-    g = torch.Generator().manual_seed(5)
-    images = [torch.rand(3, 40, 56, generator=g) for _ in range(2)]
-    prior = fit_embedding_prior(tiny_backbone, images, InversionConfig(steps=3, lr=0.1, lmbda=0.0))
-    assert prior.fitted and prior.sigma.shape == (tiny_backbone.cond_dim,)
-    assert (prior.sigma > 0).all()
-
-
 # ---------------------------------------------------------------- issue 11, faults 1 and 6 (analytic denoisers)
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_inversion_recovers_the_data_mean_for_either_prediction_type(kind):

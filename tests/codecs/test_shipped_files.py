@@ -17,7 +17,7 @@ bf16, the backbone's inference precision and the thread count); ``shipped_<codec
   decoder that went wrong lands far below).
 
 Rewrite the fixtures only when a change of the decoded pixels is intended:
-``python tests/test_shipped_files.py`` (with ``OMP_NUM_THREADS=1``, ``HF_HUB_OFFLINE=1``).
+``python tests/codecs/test_shipped_files.py`` (with ``OMP_NUM_THREADS=1``, ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 RECORD = DATA / "shipped_decodings.json"
 CODECS = ("guide", "textinv", "diffeic")
 #: Crop of the shipped photo (left, top, width, height).
@@ -135,6 +135,6 @@ def test_shipped_file_decodes_to_its_recorded_pixels(name, record):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     write_fixtures()
     print(RECORD.read_text())

@@ -20,7 +20,7 @@ from egc_lite.models.diffeic.model import DiffEICModel, save_diffeic
 TINY = DiffEICConfig(N=16, M=24)
 #: A codec B file made with the second egc-tiny's rate point q1 (narrow control module; egc_lite/assets/coffee.png
 #: cut to 128x192, quality 1, seed 3, 4 steps, start 0): its backbone id is not the shipped backbone's any more.
-OLD_FILE = Path(__file__).parent / "data" / "diffeic_q1_narrow.egc"
+OLD_FILE = Path(__file__).parents[1] / "data" / "diffeic_q1_narrow.egc"
 
 
 def _model(backbone, seed: int, control: str = "cddm") -> DiffEICModel:
@@ -237,7 +237,7 @@ def test_shipped_rate_points_round_trip_and_a_file_for_another_backbone_is_refus
     codec = DiffEICCodec(egc_tiny)
     assert codec.available_qualities() == [1, 3, 5]
     assert all(codec.model(q).config.control == "cddm" for q in (1, 3, 5))
-    x = load_image(Path(__file__).resolve().parents[1] / "egc_lite" / "assets" / "coffee.png")[:, :128, :192]
+    x = load_image(Path(__file__).resolve().parents[2] / "egc_lite" / "assets" / "coffee.png")[:, :128, :192]
     sizes = {}
     for q in (1, 3, 5):
         path = tmp_path / f"q{q}.egc"
@@ -299,7 +299,39 @@ def test_bf16_decode_in_another_process_gives_the_same_pixels(tmp_path, codecs_b
         torch.save(codec.decompress(read_bitstream({str(tmp_path / 'a.egc')!r})), {str(tmp_path / 'x.pt')!r})
     """
     env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PATH": "/usr/bin:/bin", "EGC_PROGRESS": "0",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / "x.pt"), here)
+
+
+@pytest.mark.parametrize("kind", ["cddm", "narrow"])
+def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny_by_precision):
+    """The control module (with non-zero outputs, so it steers) and the UNet compute in bf16 on a bf16
+    backbone, in float32 on a float32 one; the float32 noise predictions agree to bf16's rounding."""
+    b16, b32 = tiny_by_precision["bf16"], tiny_by_precision["fp32"]
+    model = DiffEICModel.for_backbone(dataclasses.replace(TINY, control=kind), b32, seed=1).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.control.output_projections():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    from egc_lite.codecs.diffeic import steered_denoiser
+    from egc_lite.sampling.ddim import unet_denoiser
+
+    first_conv = next(m for m in model.control.modules() if isinstance(m, torch.nn.Conv2d))
+    seen: list[torch.dtype] = []
+    handle = first_conv.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    z = torch.randn(1, 4, 8, 8, generator=g)
+    c = torch.randn(1, 4, 8, 8, generator=g)
+    t = torch.tensor([600])
+    try:
+        e16 = steered_denoiser(model, b16, c)(z, t, b16.null_cond)
+        e32 = steered_denoiser(model, b32, c)(z, t, b32.null_cond)
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    with torch.no_grad():
+        plain = unet_denoiser(b32)(z, t, b32.null_cond)  # the UNet alone: what the control adds
+    assert e16.dtype == torch.float32 and float((e16 - e32).abs().max()) > 0
+    assert float((e16 - e32).pow(2).mean().sqrt()) < 0.05 * float((e32 - plain).pow(2).mean().sqrt())
