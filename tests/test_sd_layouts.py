@@ -69,10 +69,10 @@ def test_reference_control_on_stable_diffusions_block_structure(layout):
     level without attention; SD 2.1's per-level heads and linear projections), at a tiny width: 12 encoder and 12
     decoder residuals, zero-initialised, and with non-zero projections exactly the reference's loop."""
     from diffusers import UNet2DConditionModel
-    from tests.models.diffeic.test_control import _randomise_projections, _reference_loop
 
     from egc_lite.models.diffeic.config import DiffEICConfig, unet_summary
     from egc_lite.models.diffeic.model import DiffEICModel
+    from tests.models.diffeic.test_control import _randomise_projections, _reference_loop
 
     heads = 8 if layout == "sd15" else (5, 10, 20, 20)
     torch.manual_seed(0)

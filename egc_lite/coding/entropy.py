@@ -37,6 +37,7 @@ __all__ = [
     "estimate_bits_factorized",
     "estimate_bits_gaussian",
     "fit_factorized",
+    "bin_probabilities",
     "fit_table_buffers",
     "likelihood_bits",
     "quantize",
@@ -197,6 +198,16 @@ def medians(bottleneck: EntropyBottleneck) -> Tensor:
 def check_bottleneck(bottleneck: EntropyBottleneck) -> None:
     if not isinstance(bottleneck, EntropyBottleneck):
         raise ParameterError(f"expected an EntropyBottleneck, got {type(bottleneck).__name__}")
+
+
+def bin_probabilities(bottleneck: EntropyBottleneck, values: Tensor) -> Tensor:
+    """:math:`P_c(v) = F_c(v + \\frac12) - F_c(v - \\frac12)` under the learned CDF of every channel ``c``, for each
+    value ``v`` of the 1-D ``values``: shape ``(C, len(values))``. The continuous function the factorized
+    tables are built from (CompressAI's ``EntropyBottleneck._likelihood``), without gradients."""
+    channels = bottleneck.quantiles.shape[0]
+    with torch.no_grad():
+        lik, _, _ = bottleneck._likelihood(values.reshape(1, 1, -1).expand(channels, 1, -1).contiguous(), stop_gradient=True)
+    return lik[:, 0, :]
 
 
 def estimate_bits_factorized(bottleneck: EntropyBottleneck, x: Tensor) -> float:

@@ -1,5 +1,6 @@
 """Training of one DiffEIC rate point (codec B) on the training photos, on top of a frozen backbone;
-its checkpoint and export.
+its checkpoint and export; and, for the notebooks, the shipped rate points or one trained on the spot
+(:func:`load_or_train_rate_points`).
 
 Training objective (the paper's total loss; :func:`train_diffeic`)
 
@@ -19,15 +20,17 @@ separate optimizer.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..codecs.diffeic import QUALITY_LAMBDA, DiffEICCodec
 from ..errors import ModelNotFoundError, ParameterError
 from ..models.diffeic.config import COMPRESSOR_STRIDE, DiffEICConfig
-from ..models.diffeic.model import DiffEICModel, save_diffeic
+from ..models.diffeic.model import DiffEICModel, load_diffeic, save_diffeic
 from ..precision import training_precision
 from ..progress import progress
 from .loop import CropSampler, append_log, data_folders, save_checkpoint
@@ -249,3 +252,89 @@ def _run_ends(records: list[dict]) -> list[dict]:
     """The last record of each training run in a log (``minutes`` restarts when a run resumes)."""
     ends = [a for a, b in zip(records, records[1:]) if b["minutes"] < a["minutes"]]
     return ends + records[-1:]
+
+
+# ---------------------------------------------------------------------------------- shipped, or trained here
+@dataclass
+class RatePoints:
+    """Codec B ready to run at some rate points (:func:`load_or_train_rate_points`): the shipped ones that fit
+    the backbone, or one model trained there and then (quality 0)."""
+
+    codec: DiffEICCodec
+    qualities: list[int]  # the shipped qualities, or [0] for the model trained here
+    main: int  # the quality that sections needing one model use
+    trained_steps: int | None = None  # steps of the model trained here, in all (None: shipped rate points)
+    lmbda: float | None = None  # its rate weight
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # its folder, removed with this object
+
+    @property
+    def trained_here(self) -> bool:
+        return self.trained_steps is not None
+
+    def label(self, q: int) -> str:
+        """How rate point ``q`` is named in tables and figures."""
+        return f"q{q} (lambda {QUALITY_LAMBDA[q]:g})" if q else f"trained here ({self.trained_steps} steps, lambda {self.lmbda:g})"
+
+
+def load_or_train_rate_points(backbone, rate_points: str = "shipped", quality: int = 3, weights_dir: str | Path | None = None,
+                              ckpt_dir: str | Path | None = None, steps: int = 200, batch_size: int = 4, crop: int = 128,
+                              lmbda: float = 4.0, seed: int = 0) -> RatePoints:
+    """Codec B's rate points for ``backbone``, as notebooks 03 and 04 use them (printing what it did).
+
+    ``rate_points="shipped"``: every rate point in ``weights_dir`` (None: the user's and the package's,
+    :meth:`~egc_lite.codecs.diffeic.DiffEICCodec.folder`) that loads for this backbone; the one nearest
+    ``quality`` is :attr:`RatePoints.main`. When none does, or with ``rate_points="train"``, one model is
+    trained here for ``steps`` steps of :func:`train_diffeic` on the training photos, in ``ckpt_dir`` (resumed
+    when it holds a checkpoint) or a temporary folder, exported and loaded: a demonstration of the mechanics,
+    not the shipped codec.
+    """
+    if rate_points not in ("shipped", "train"):
+        raise ValueError(f"rate_points must be 'shipped' or 'train', got {rate_points!r}")
+    shipped = DiffEICCodec(backbone, weights_dir=weights_dir)  # looks for <weights_dir>/q1 ... q5
+    usable = {}
+    if rate_points == "shipped":
+        for q in shipped.available_qualities():
+            try:
+                usable[q] = shipped.model(q)
+            except (ModelNotFoundError, ParameterError) as exc:  # e.g. made for another backbone
+                print(f"shipped quality {q} not used: {exc}")
+        if not usable:
+            print(f"no shipped DiffEIC rate point for backbone {backbone.backbone_id!r} in {shipped.weights_dir}")
+    if usable:
+        qualities = sorted(usable)
+        main = min(qualities, key=lambda q: (abs(q - quality), q))
+        print(f"using the shipped rate points {qualities} from {shipped.weights_dir}; single-model sections use quality {main}")
+        return RatePoints(shipped, qualities, main)
+
+    scratch = None
+    if ckpt_dir:
+        work = Path(ckpt_dir).expanduser()
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="egc-diffeic-")
+        work = Path(scratch.name)
+    train_cfg = DiffEICTrainConfig(
+        ckpt_dir=str(work), model=DiffEICConfig(lmbda=lmbda), steps=steps, batch_size=batch_size,
+        crop=crop, seed=seed, log_every=max(1, steps // 20), save_every=max(1, steps),
+    )
+    resumed = (work / "diffeic.pt").exists()
+    t0 = time.perf_counter()
+    train_diffeic(train_cfg, backbone)  # resumes when ckpt_dir already holds a checkpoint
+    export = export_diffeic(work, work / "export")  # config.json + model.safetensors, tables built once
+    model = load_diffeic(export, backbone)
+    done = json.loads((export / "config.json").read_text())["steps"]
+    if resumed:
+        how = f"continued from the checkpoint already in {work}"
+    else:
+        how = f"trained in this notebook, into {work}" + ("" if ckpt_dir else " (temporary)")
+    print(f"NOTE: no shipped rate point is used. The model below was trained for {done} steps in all "
+          f"(batch {batch_size}, {crop}x{crop} crops, lambda {lmbda:g}; {how}; "
+          f"{time.perf_counter() - t0:.0f} s here).\nIt is a briefly trained demonstration model, "
+          "NOT the shipped codec: its rates and images show the mechanics, not the codec's quality.")
+    log_file = work / "diffeic_log.jsonl"
+    if log_file.exists():
+        import pandas as pd
+
+        train_log = pd.DataFrame([json.loads(line) for line in log_file.read_text().splitlines()])
+        if len(train_log):
+            print(train_log[["step", "loss", "mse", "align", "bpp"]].iloc[[0, -1]].to_string(index=False))
+    return RatePoints(DiffEICCodec(backbone, model=model), [0], 0, trained_steps=done, lmbda=lmbda, scratch=scratch)

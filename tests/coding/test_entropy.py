@@ -15,11 +15,13 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
 from egc_lite.coding.entropy import (
+    bin_probabilities,
     estimate_bits_factorized,
     estimate_bits_gaussian,
     fit_factorized,
     likelihood_bits,
     quantize,
+    scale_indexes,
     tables_ready,
     update_tables,
 )
@@ -300,6 +302,29 @@ def test_gaussian_estimate_matches_bytes() -> None:
     est = estimate_bits_gaussian(gc, y, scales, means)
     actual = 8 * len(compress_gaussian(gc, y, scales, means))
     assert abs(actual - est) <= 0.02 * est + 32 * 8, (est, actual)  # measured: +0.2 .. +0.4 %
+
+
+def test_bin_probabilities_are_the_factorized_model_per_bin(trained: EntropyBottleneck) -> None:
+    """Around each channel's median the bins' probabilities sum to about one, and they are the likelihoods
+    the model gives rounded values (what the tables are built from)."""
+    values = torch.arange(-60.0, 61.0)
+    p = bin_probabilities(trained, values)
+    assert p.shape == (4, len(values)) and not p.requires_grad
+    assert torch.allclose(p.sum(dim=1), torch.ones(4), atol=1e-3)
+    x = torch.tensor([-3.0, 0.0, 2.0]).reshape(1, 1, 3).expand(1, 4, 3)
+    with torch.no_grad():
+        _, lik = trained(x, training=False)
+    med = trained.quantiles.detach()[:, 0, 1]
+    for c in range(4):
+        rounded = torch.round(x[0, c] - med[c]) + med[c]
+        assert torch.allclose(bin_probabilities(trained, rounded)[c], lik[0, c], rtol=1e-5, atol=1e-9)
+
+
+def test_scale_indexes_are_compressais_table_indexes() -> None:
+    gc = GaussianConditional(None)
+    update_tables(gc)
+    scales = torch.exp(torch.empty(1000).uniform_(-4, 7, generator=_gen(3)))
+    assert torch.equal(scale_indexes(gc, scales), gc.build_indexes(scales).to(torch.int64))
 
 
 # --------------------------------------------------------------------------- other processes

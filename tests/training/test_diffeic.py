@@ -169,3 +169,22 @@ def test_training_creates_the_accelerator_before_it_loads_the_backbone(tmp_path,
         main(["train", "diffeic", "--lmbda", "1", "--backbone", "tiny-random", "--ckpt", str(tmp_path / "ckpt"),
               "--data", str(tmp_path), "--steps", "1"])
     assert events == ["accelerator", ("load", "cpu")]
+
+
+def test_load_or_train_uses_fitting_shipped_points_else_trains_one(tmp_path, photo_folder, tiny_backbone, monkeypatch, capsys):
+    """Notebooks 03 and 04: the shipped rate points that load for the backbone; none fit the tiny random
+    backbone, so one is trained here (quality 0), in ckpt_dir, and a second call resumes it."""
+    from egc_lite.training.diffeic import load_or_train_rate_points
+
+    monkeypatch.setenv("EGC_TRAIN_DATA", str(photo_folder))
+    with pytest.raises(ValueError, match="rate_points"):
+        load_or_train_rate_points(tiny_backbone, "both")
+    kw = dict(ckpt_dir=tmp_path / "ckpt", steps=1, batch_size=1, crop=64, lmbda=2.0)
+    points = load_or_train_rate_points(tiny_backbone, "shipped", **kw)
+    out = capsys.readouterr().out
+    assert "no shipped DiffEIC rate point" in out and "trained for 1 steps" in out
+    assert points.qualities == [0] and points.main == 0 and points.trained_here
+    assert points.label(0) == "trained here (1 steps, lambda 2)" and points.label(3) == "q3 (lambda 4)"
+    assert points.codec.model(0) is not None
+    again = load_or_train_rate_points(tiny_backbone, "train", **kw)
+    assert "continued from the checkpoint already in" in capsys.readouterr().out and again.trained_steps == 1

@@ -208,17 +208,31 @@ class NarrowControlNet(nn.Module):
         return dict(self.net.config)
 
 
-def _encoder_points(unet) -> list[nn.Module]:
-    """The UNet's modules after which the reference adds a control feature, in order: ``conv_in``, each
-    down layer (its attention if it has one, else its ResNet), each downsampler."""
-    points: list[nn.Module] = [unet.conv_in]
-    for block in unet.down_blocks:
+def injection_points(unet) -> list[tuple[str, nn.Module]]:
+    """The UNet's encoder modules after which the reference adds a control feature, in order, by name:
+    ``conv_in``, ``down{i}.res{j}`` for each down layer (its attention if it has one, else its ResNet),
+    ``down{i}.downsample`` for a block's downsampler. ``control="narrow"``'s residuals reach the skips
+    stored at the same points (``down_block_additional_residuals``)."""
+    points: list[tuple[str, nn.Module]] = [("conv_in", unet.conv_in)]
+    for i, block in enumerate(unet.down_blocks):
         attentions = getattr(block, "attentions", None)
         for j, resnet in enumerate(block.resnets):
-            points.append(attentions[j] if attentions is not None and j < len(attentions) else resnet)
+            points.append((f"down{i}.res{j}", attentions[j] if attentions is not None and j < len(attentions) else resnet))
         if block.downsamplers is not None:
-            points.extend(block.downsamplers)
+            single = len(block.downsamplers) == 1
+            points += [(f"down{i}.downsample" + ("" if single else str(k)), m) for k, m in enumerate(block.downsamplers)]
     return points
+
+
+def injection_names(unet) -> list[str]:
+    """Names of the control module's encoder residuals (:func:`injection_points`), then ``"mid"`` for the one
+    added after the middle block."""
+    return [name for name, _ in injection_points(unet)] + ["mid"]
+
+
+def _encoder_points(unet) -> list[nn.Module]:
+    """The modules of :func:`injection_points`, in order."""
+    return [module for _, module in injection_points(unet)]
 
 
 def _add_to_output(residual: torch.Tensor):

@@ -9,7 +9,7 @@ import torch
 
 from egc_lite.errors import ParameterError
 from egc_lite.models.diffeic.config import DiffEICConfig
-from egc_lite.models.diffeic.control import control_widths
+from egc_lite.models.diffeic.control import control_widths, injection_names, injection_points
 from egc_lite.models.diffeic.model import DiffEICModel
 
 from .conftest import TINY
@@ -126,3 +126,23 @@ def test_control_width_follows_the_ratio():
     assert control_widths(unet_cfg, 1.0, 32) == [320, 640, 1280, 1280]
     with pytest.raises(ParameterError, match="hint"):
         DiffEICConfig(hint_channels=(16, 32)).validate()
+
+
+@pytest.mark.parametrize("kind", ["cddm", "narrow"])
+def test_injection_points_name_every_residual_of_the_control_module(kind, batch, tiny_backbone):
+    """One name per encoder residual the control module returns (conv_in, each down layer, each downsampler,
+    in order), then the middle block's."""
+    unet = tiny_backbone.unet
+    names = injection_names(unet)
+    points = injection_points(unet)
+    assert names[0] == "conv_in" and names[-1] == "mid" and len(set(names)) == len(names)
+    assert [n for n, _ in points] == names[:-1] and points[0][1] is unet.conv_in
+    n_down = len(unet.down_blocks)
+    assert [n for n in names if n.endswith("downsample")] == [f"down{i}.downsample" for i in range(n_down - 1)]
+    model = DiffEICModel.for_backbone(replace(TINY, control=kind), tiny_backbone, seed=0)
+    x, z0 = batch
+    t = torch.full((z0.shape[0],), 500)
+    with torch.no_grad():
+        residuals = model.control(z0, t, tiny_backbone.null_cond.expand(z0.shape[0], -1, -1), z0)
+    assert len(residuals[0]) + 1 == len(names)
+
