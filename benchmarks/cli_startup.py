@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from egc_lite.evaluate.summary import print_table
+
 
 def egc_command() -> list[str]:
     """The installed ``egc`` script beside this interpreter, else ``python -m egc_lite.cli``."""
@@ -55,8 +57,8 @@ def write_image(path: Path) -> None:
     coarse.resize((768, 512), Image.BICUBIC).save(path)
 
 
-def report(name: str, values: list[float]) -> None:
-    print(f"{name:<44} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s   ({len(values)} runs)")
+def report(name: str, values: list[float]) -> list[str]:
+    return [name, f"{min(values):.2f}", f"{statistics.median(values):.2f}", str(len(values))]
 
 
 def main() -> None:
@@ -74,10 +76,14 @@ def main() -> None:
             "egc info FILE": egc + ["info", str(egc_file)],
             "egc decompress FILE (guide)": egc + ["decompress", str(egc_file), "-o", str(png)],
         }
-        for name, cmd in commands.items():
-            report(name, [timed(cmd, env) for _ in range(args.runs)])
-    for module in ("torch", "egc_lite.cli", "egc_lite.codecs", "egc_lite.codecs.guide_codec", "egc_lite.codecs.textinv"):
-        report(f"import {module}", [import_time(module, env) for _ in range(args.runs)])
+
+        def runs():
+            for name, cmd in commands.items():
+                yield report(name, [timed(cmd, env) for _ in range(args.runs)])
+            for module in ("torch", "egc_lite.cli", "egc_lite.codecs", "egc_lite.codecs.guide_codec", "egc_lite.codecs.textinv"):
+                yield report(f"import {module}", [import_time(module, env) for _ in range(args.runs)])
+
+        print_table(["command", "min s", "median s", "runs"], runs())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from egc_lite.coding.entropy import update_tables
+from egc_lite.evaluate.summary import print_table
 from egc_lite.models.diffeic.compressor import LatentCompressor
 from egc_lite.models.diffeic.config import DiffEICConfig
 from egc_lite.models.diffeic.layers import HyperAnalysisSFT
@@ -82,17 +83,20 @@ def main() -> None:
     x, what = image()
     z0 = torch.randn(1, 4, x.shape[-2] // 8, x.shape[-1] // 8, generator=torch.Generator().manual_seed(1))
     print(f"{what}, {x.shape[-1]}x{x.shape[-2]}, {args.threads} thread(s), min of {args.runs} runs")
-    print(f"{'variant':42s} {'params M':>8s} {'enc-only':>8s} {'context':>8s} {'encode s':>9s} {'decode s':>9s} {'bytes':>7s}")
     rows = {name: spread(LatentCompressor.from_config(cfg).eval()) for name, cfg in VARIANTS.items()}
     shipped = Path(__file__).resolve().parents[1] / "egc_lite" / "weights" / "diffeic" / "q3"
     if (shipped / "config.json").is_file():
         rows["shipped q3 (trained weights)"] = load_compressor(shipped)
-    for name, comp in rows.items():
-        torch.manual_seed(0)
-        n = comp.parameter_counts()
-        enc, dec, size = timed(comp, x, z0, args.runs)
-        print(f"{name:42s} {n['total'] / 1e6:8.2f} {n['encoder_only'] / 1e6:8.2f} {n['context'] / 1e6:8.2f} "
-              f"{enc:9.3f} {dec:9.3f} {size:7d}")
+
+    def measured():
+        for name, comp in rows.items():
+            torch.manual_seed(0)
+            n = comp.parameter_counts()
+            enc, dec, size = timed(comp, x, z0, args.runs)
+            yield [name, f"{n['total'] / 1e6:.2f}", f"{n['encoder_only'] / 1e6:.2f}", f"{n['context'] / 1e6:.2f}", f"{enc:.3f}",
+                   f"{dec:.3f}", size]
+
+    print_table(["variant", "params M", "enc-only M", "context M", "encode s", "decode s", "bytes"], measured())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from egc_lite.evaluate.summary import print_table
 from egc_lite.models.tiny import ImageTokenEncoder, build_components
 from egc_lite.training.backbone import checkpoint_arch, latent_crops
 
@@ -46,17 +47,23 @@ def main() -> None:
         tokens = encoder(z0)
         conditions = {"null": state["null_cond"].expand_as(tokens), "tokens": tokens, "other crop's": tokens.roll(1, 0)}
         print(f"{args.ckpt} step {state['step']}, {args.weights} weights, {args.crops} crops of {args.crop} px")
-        print(f"{'t':>5} " + " ".join(f"{name:>14}" for name in conditions) + "   tokens vs null")
         totals = dict.fromkeys(conditions, 0.0)
-        for t in args.levels:
-            eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
-            zt = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * eps
-            tt = torch.full((z0.shape[0],), t)
-            loss = {k: float((unet(zt, tt, encoder_hidden_states=c).sample - eps).pow(2).mean()) for k, c in conditions.items()}
-            for k in totals:
-                totals[k] += loss[k] / len(args.levels)
-            print(f"{t:>5} " + " ".join(f"{v:>14.4f}" for v in loss.values()) + f"   {100 * (1 - loss['tokens'] / loss['null']):+.1f}%")
-        print(f"{'mean':>5} " + " ".join(f"{v:>14.4f}" for v in totals.values()) + f"   {100 * (1 - totals['tokens'] / totals['null']):+.1f}%")
+
+        def cells(t, loss: dict[str, float]) -> list[str]:
+            return [str(t), *(f"{v:.4f}" for v in loss.values()), f"{100 * (1 - loss['tokens'] / loss['null']):+.1f}%"]
+
+        def levels():
+            for t in args.levels:
+                eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
+                zt = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * eps
+                tt = torch.full((z0.shape[0],), t)
+                loss = {k: float((unet(zt, tt, encoder_hidden_states=c).sample - eps).pow(2).mean()) for k, c in conditions.items()}
+                for k in totals:
+                    totals[k] += loss[k] / len(args.levels)
+                yield cells(t, loss)
+            yield cells("mean", totals)
+
+        print_table(["t", *(f"loss, {name}" for name in conditions), "tokens vs null"], levels())
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
 from egc_lite.coding.entropy import estimate_bits_factorized, estimate_bits_gaussian, fit_factorized, update_tables
 from egc_lite.coding.range_coding import compress_factorized, compress_gaussian, decompress_factorized, decompress_gaussian
+from egc_lite.evaluate.summary import print_table
 
 Sampler = Callable[[torch.Generator], torch.Tensor]
 
@@ -73,13 +74,13 @@ def timed(fn: Callable[[], object], repeat: int = 5) -> tuple[object, float]:
     return out, 1000 * statistics.median(times)
 
 
-def row(name: str, symbols: int, est: float, nbytes: int, t_enc: float, t_dec: float) -> str:
+HEAD = ["data (shape)", "symbols", "est. bits", "real bits", "overhead", "bits/sym", "enc ms", "dec ms"]
+
+
+def row(name: str, symbols: int, est: float, nbytes: int, t_enc: float, t_dec: float) -> list[str]:
     actual = 8 * nbytes
     over = 100 * (actual - est) / est if est > 0 else float("nan")
-    return (
-        f"| {name:<34} | {symbols:>7} | {est:>10.0f} | {actual:>10} | {over:>+8.2f}% | "
-        f"{actual / max(symbols, 1):>8.3f} | {t_enc:>7.2f} | {t_dec:>7.2f} |"
-    )
+    return [name, str(symbols), f"{est:.0f}", str(actual), f"{over:+.2f}%", f"{actual / max(symbols, 1):.3f}", f"{t_enc:.2f}", f"{t_dec:.2f}"]
 
 
 def main() -> None:
@@ -87,14 +88,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="training steps per entropy bottleneck")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    print_table(HEAD, rows(args.steps))
 
-    header = (
-        f"| {'data (shape)':<34} | {'symbols':>7} | {'est. bits':>10} | {'real bits':>10} | {'overhead':>9} | "
-        f"{'bits/sym':>8} | {'enc ms':>7} | {'dec ms':>7} |"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
 
+def rows(steps: int) -> Iterator[list[str]]:
+    """One row per case, measured when the table asks for it."""
     cases: list[tuple[str, tuple[int, ...], Sampler]] = [
         ("gaussian (1,8,32,32)", (1, 8, 32, 32), gaussian((1, 8, 32, 32), [0.3, 0.5, 1, 2, 3, 4, 6, 8])),
         ("laplacian (1,8,32,32)", (1, 8, 32, 32), laplacian((1, 8, 32, 32), [0.3, 0.5, 1, 2, 3, 4, 6, 8])),
@@ -104,14 +102,14 @@ def main() -> None:
     ]
     g_test = torch.Generator().manual_seed(1234)
     for name, shape, sample in cases:
-        eb = train(shape[1], sample, args.steps)
+        eb = train(shape[1], sample, steps)
         x = sample(g_test)
         est = estimate_bits_factorized(eb, x)
         data, t_enc = timed(lambda eb=eb, x=x: compress_factorized(eb, x))
         out, t_dec = timed(lambda eb=eb, data=data, shape=shape: decompress_factorized(eb, data, shape[2:]))
         m = eb.quantiles.detach()[:, 0, 1].view(1, -1, *([1] * (len(shape) - 2)))
         assert torch.equal(out, torch.round(x - m) + m)
-        print(row(name, x.numel(), est, len(data), t_enc, t_dec))
+        yield row(name, x.numel(), est, len(data), t_enc, t_dec)
 
     gc = GaussianConditional(None)
     update_tables(gc)
@@ -123,7 +121,7 @@ def main() -> None:
     data, t_enc = timed(lambda: compress_gaussian(gc, y, scales, means))
     out, t_dec = timed(lambda: decompress_gaussian(gc, data, scales, means))
     assert torch.equal(out, torch.round(y - means) + means)
-    print(row("gaussian cond. (1,32,32,48)", y.numel(), est, len(data), t_enc, t_dec))
+    yield row("gaussian cond. (1,32,32,48)", y.numel(), est, len(data), t_enc, t_dec)
 
     for n in (1, 16):
         eb = train(1, laplacian((1, 1, 64), [1.0]), 100)
@@ -131,7 +129,7 @@ def main() -> None:
         est = estimate_bits_factorized(eb, x)
         data, t_enc = timed(lambda eb=eb, x=x: compress_factorized(eb, x))
         out, t_dec = timed(lambda eb=eb, data=data, n=n: decompress_factorized(eb, data, (n,)))
-        print(row(f"short stream laplace (1,1,{n})", n, est, len(data), t_enc, t_dec))
+        yield row(f"short stream laplace (1,1,{n})", n, est, len(data), t_enc, t_dec)
 
 
 if __name__ == "__main__":

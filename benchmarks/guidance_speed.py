@@ -17,6 +17,7 @@ import torch
 from egc_lite.backbone import load_backbone
 from egc_lite.codecs import CompressOptions, TextInvCodec
 from egc_lite.data import load_kodak, pil_to_tensor, tensor_to_pil
+from egc_lite.evaluate.summary import print_table
 from egc_lite.metrics import psnr
 from egc_lite.progress import set_progress
 from egc_lite.sampling.guidance import CompressionGuidanceConfig
@@ -53,16 +54,20 @@ def main() -> None:
     base_scale = args.sc if args.sc is not None else codec.config.guidance.scale
     print(f"kodim{args.image:02d} {x.shape[2]}x{x.shape[1]}, {bs.bpp():.4f} bpp, {args.steps} DDIM steps with CFG, "
           f"{torch.get_num_threads()} threads, s_c = {base_scale:g} where guided")
-    base = None
-    for name, g in SCHEDULES + (SLOW_SCHEDULES if args.all else []):
-        if g.scale > 0:
-            g = CompressionGuidanceConfig(scale=base_scale, mode=g.mode, every=g.every, until=g.until)
-        t0 = time.perf_counter()
-        y = codec.decompress(bs, guidance=g)
-        dt = time.perf_counter() - t0
-        base = base or dt
-        y8 = pil_to_tensor(tensor_to_pil(y))
-        print(f"  {name:30s} {dt:7.1f} s  x{dt / base:5.2f}   PSNR {psnr(y8, x):.2f} dB")
+
+    def decodes():
+        base = None
+        for name, g in SCHEDULES + (SLOW_SCHEDULES if args.all else []):
+            if g.scale > 0:
+                g = CompressionGuidanceConfig(scale=base_scale, mode=g.mode, every=g.every, until=g.until)
+            t0 = time.perf_counter()
+            y = codec.decompress(bs, guidance=g)
+            dt = time.perf_counter() - t0
+            base = base or dt
+            y8 = pil_to_tensor(tensor_to_pil(y))
+            yield [name, f"{dt:.1f}", f"x{dt / base:.2f}", f"{psnr(y8, x):.2f}"]
+
+    print_table(["compression guidance", "decode s", "vs unguided", "PSNR dB"], decodes())
 
 
 if __name__ == "__main__":

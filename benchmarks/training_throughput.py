@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import torch
 
+from egc_lite.evaluate.summary import print_table
 from egc_lite.models.autoencoder import decoder_modules, vae_latent
 from egc_lite.models.tiny import TAESD_CHANNELS, TinyBackboneConfig, build_unet, build_vae
 from egc_lite.precision import autocast, cpu_has_fast_bf16, prepare_module, resolve_precision
@@ -121,21 +122,26 @@ def main() -> None:
         cases += [(name, cfg, _vae_case(cfg, args.batch_size, args.crop)) for name, cfg in VAE_CANDIDATES.items()]
     cases = [c for c in cases if args.match is None or args.match in c[0]]
     print(f"batch {args.batch_size}, VAE crops {args.crop} px")
-    header = "".join(f" {p + ' s/step':>12s}" for p in precisions) + (f" {'speed-up':>10s}" if {"fp32", "bf16"} <= set(precisions) else "")
+    both = {"fp32", "bf16"} <= set(precisions)
+    head = ["candidate", "params M", *(f"{p} s/step" for p in precisions)] + (["speed-up"] if both else [])
     if args.decode:
-        header += "".join(f" {p + ' decode s':>14s}" for p in precisions)
-    print(f"{'candidate':44s} {'params':>8s}{header}")
-    for name, cfg, (model, batch, loss) in cases:
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        steps = {p: _step_seconds(model, batch, loss, p, args.repeats) for p in precisions}  # fp32 first: bf16 moves to channels_last
-        row = "".join(f" {steps[p]:12.2f}" for p in precisions)
-        if {"fp32", "bf16"} <= set(steps):
-            row += f" {steps['fp32'] / steps['bf16']:9.2f}x"
-        if args.decode and name in VAE_CANDIDATES:
-            w, h = (int(v) for v in args.decode.lower().split("x"))
-            row += "".join(f" {_decode_seconds(build_vae(cfg), cfg.latent_channels, w, h, p, args.repeats):14.2f}" for p in precisions)
-        print(f"{name:44s} {params:7.2f}M{row}", flush=True)
+        head += [f"{p} decode s" for p in precisions]
 
+    def measured():
+        for name, cfg, (model, batch, loss) in cases:
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            steps = {p: _step_seconds(model, batch, loss, p, args.repeats) for p in precisions}  # fp32 first: bf16 moves to channels_last
+            row = [name, f"{params:.2f}", *(f"{steps[p]:.2f}" for p in precisions)]
+            if both:
+                row.append(f"{steps['fp32'] / steps['bf16']:.2f}x")
+            if args.decode and name in VAE_CANDIDATES:
+                w, h = (int(v) for v in args.decode.lower().split("x"))
+                row += [f"{_decode_seconds(build_vae(cfg), cfg.latent_channels, w, h, p, args.repeats):.2f}" for p in precisions]
+            elif args.decode:
+                row += [""] * len(precisions)
+            yield row
+
+    print_table(head, measured())
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,10 @@ codec is asked for, so that the guide codec never pays for diffusers and transfo
 importing this package costs nothing (the command line reads :data:`DEFAULT_CODEC` from here
 before it knows what it will run). The classes are still importable from here
 (``from egc_lite.codecs import CompressOptions, TextInvCodec``); each is imported on first access.
+
+The modules: :mod:`.base` (what every codec is, :class:`CompressOptions`), :mod:`.guide_codec`,
+:mod:`.textinv` (codec A) with its encoder :mod:`.textual_inversion`, :mod:`.diffeic` (codec B). Codecs
+compress and decompress; their networks are in :mod:`egc_lite.models`, their training in :mod:`egc_lite.training`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Means per (codec, setting) of an evaluation's rows, as a data frame and as Markdown."""
+"""Means per (codec, setting) of an evaluation's rows, as a data frame and as Markdown; the Markdown tables
+the benchmarks print (:func:`print_table`) come from here too."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -36,6 +37,26 @@ def summary_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return out
 
 
+def table_lines(head: Sequence[str], rows: Iterable[Sequence[object]]) -> Iterator[str]:
+    """The lines of a Markdown table: ``head``, the separator, then one line per row as ``rows`` yields it."""
+    yield "| " + " | ".join(head) + " |"
+    yield "|" + "---|" * len(head)
+    for row in rows:
+        yield "| " + " | ".join(str(cell) for cell in row) + " |"
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table of ``rows`` (cells as given, ``str``-ed) under ``head``."""
+    return "\n".join(table_lines(head, rows))
+
+
+def print_table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print a Markdown table line by line, each row as soon as ``rows`` yields it (a slow benchmark shows its
+    rows as they are measured)."""
+    for line in table_lines(head, rows):
+        print(line, flush=True)
+
+
 def _fmt(value, digits: int) -> str:
     if isinstance(value, str):
         return value
@@ -54,13 +75,14 @@ def markdown_summary(rows: Sequence[dict], notes: dict[str, str] | None = None, 
             "enc s", "dec s", "peak MB", "target reached"]
     if distribution:
         head += ["FID", "KID"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for _, r in s.iterrows():
         cells = [str(r[c]) if d is None else _fmt(r.get(c), d) for c, d in cols]
         if distribution:
             dist = distribution.get(f"{r['codec']} | {r['setting']}", {})
             cells += [_fmt(dist.get("fid"), 2), _fmt(dist.get("kid"), 4)]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    lines = list(table_lines(head, body))
     failed = [r for r in rows if r.get("status") == FAILED]
     foot = [f"- {name}: {reason}" for name, reason in (notes or {}).items()]
     if distribution:

@@ -30,7 +30,7 @@ It acts on the first ``until`` fraction of the steps (the later ones are left to
 Its limit: latent block means are only approximately the image's colours (the VAE is not linear), and
 with :math:`k = 1` (guide factor 8 on an 8x VAE) it replaces the whole latent during its steps. At best it
 lands on :math:`\\mathcal{D}(\\mathcal{E}(\\mathrm{up}(\\hat x_g)))`, which carries the autoencoder's colour shift
-(measured on egc-tiny: ``benchmarks/codec_a_consistency.py``); mode ``pixel`` therefore also offers the
+(measured on egc-tiny: ``egc_lite/weights/egc-tiny/MODEL_CARD.md``); mode ``pixel`` therefore also offers the
 replacement at :math:`t = 0` in pixel space, on the decoded image (:func:`pixel_projection`).
 """
 

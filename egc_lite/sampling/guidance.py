@@ -53,7 +53,7 @@ GUIDANCE_MODES = ("fast", "full", "latent")
 class CompressionGuidanceConfig:
     """Strength and schedule of compression guidance."""
 
-    scale: float = 0.6  # s_c, chosen for "fast" with every=2 on egc-tiny v3 (benchmarks/codec_a_guidance_scale.py); about 0.1-0.3 for "latent"
+    scale: float = 0.6  # s_c, chosen for "fast" with every=2 on egc-tiny v3 (its MODEL_CARD.md); about 0.1-0.3 for "latent"
     mode: str = "fast"  # the paper's decoded distance; "latent" is the cheaper shortcut
     every: int = 2  # on training photos, (0.6, every 2) decodes as well as (0.3, every 1) in 35% less time
     until: float = 1.0

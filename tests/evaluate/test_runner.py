@@ -14,7 +14,7 @@ from egc_lite.errors import ParameterError
 from egc_lite.evaluate.distribution import distribution_metrics, frechet_distance, hific_patches, kernel_inception_distance
 from egc_lite.evaluate.runner import CodecOverrides, EvalConfig, run_eval
 from egc_lite.evaluate.store import RecordStore
-from egc_lite.evaluate.summary import markdown_summary, summary_frame
+from egc_lite.evaluate.summary import markdown_summary, markdown_table, print_table, summary_frame
 
 
 @pytest.fixture
@@ -134,6 +134,21 @@ def test_summary_means_and_unavailable():
     md = markdown_summary(rows, {"lpips": "unavailable: no weights"})
     assert "| c | bpp=0.1 | 2 | 0.1500 | 20.50 |" in md and "| unavailable | unavailable |" in md
     assert "- lpips: unavailable: no weights" in md
+
+
+def test_one_table_printer_for_eval_and_the_benchmarks(capsys):
+    """The benchmarks' tables (and ``egc eval``'s summary) are Markdown; a row is printed as soon as it is measured."""
+    before_second = []
+
+    def rows():
+        yield ["case 0", 0.0]
+        before_second.append(capsys.readouterr().out)
+        yield ["case 1", 1 / 3]
+
+    print_table(["case", "value"], rows())
+    assert before_second == ["| case | value |\n|---|---|\n| case 0 | 0.0 |\n"]
+    assert capsys.readouterr().out == "| case 1 | 0.3333333333333333 |\n"
+    assert markdown_table(["a"], [[1]]) == "| a |\n|---|\n| 1 |"
 
 
 def test_hific_patches_and_distances():
