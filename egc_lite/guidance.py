@@ -5,9 +5,13 @@ At step :math:`t`, with :math:`\\hat z_0(z_t)` Tweedie's estimate (see :mod:`egc
 ``factor``, :func:`egc_lite.guide.degrade`) and :math:`\\hat x_g` the decoded guide, the guidance loss is
 
 .. math::
-    \\mathcal{L}(z_t) = \\big\\| d_f\\big(\\mathcal{D}(\\hat z_0(z_t))\\big) - \\hat x_g \\big\\|_2^2
+    \\mathcal{L}(z_t) = f^2\\,\\big\\| d_f\\big(\\mathcal{D}(\\hat z_0(z_t))\\big) - \\hat x_g \\big\\|_2^2
 
-(summed over the guide's pixels and channels, images in [0, 1]), and the DDIM step is corrected as
+(summed over the guide's pixels and channels, images in [0, 1]). The factor :math:`f^2` makes the loss the
+sum over the *image's* pixels of the squared residual of their block, so the gradient reaching one image
+pixel, :math:`2\\,(d_f(\\cdot)-\\hat x_g)`, is the same whatever the guide factor: without it the block mean
+divides each pixel's gradient by :math:`f^2`, and since the encoder picks :math:`f\\in\\{4, 8, 16\\}` per image
+and rate, one :math:`s_c` was 16 times stronger on one file than on another. The DDIM step is corrected as
 
 .. math::
     z_{t'} \\leftarrow z_{t'} - s_c \\sqrt{\\bar\\alpha_t}\\, \\nabla_{z_t} \\mathcal{L}.
@@ -28,7 +32,7 @@ Modes (the cost is a decoder pass and its gradient per guided step):
 * ``"fast"``: the noise prediction is held constant (no UNet backward): the gradient goes
   through the decoder only;
 * ``"latent"``: the distance is measured in latent space at the guide's resolution,
-  :math:`\\|p_k(\\hat z_0) - p_k(z_g)\\|^2` with :math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` encoded once
+  :math:`k^2\\|p_k(\\hat z_0) - p_k(z_g)\\|^2` with :math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` encoded once
   and :math:`p_k` block averaging by :math:`k = \\max(1, f/8)` latent pixels: no decoder pass at all;
   it relies on the VAE latent keeping local colour, so it is an approximation of the loss above;
 * ``every`` / ``until``: guide only every k-th step, and only in the first ``until`` fraction
@@ -80,9 +84,9 @@ class CompressionGuidanceConfig:
 
 
 def guide_loss(backbone: Backbone, z0: torch.Tensor, guide_small: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
-    """:math:`\\|d_f(\\mathcal{D}(z_0))-\\hat x_g\\|^2` for a latent batch (image cropped to ``size``)."""
+    """:math:`f^2\\|d_f(\\mathcal{D}(z_0))-\\hat x_g\\|^2` for a latent batch (image cropped to ``size``; module docstring)."""
     x = backbone.decode(z0)[..., : size[0], : size[1]]
-    return (degrade(x, factor) - guide_small.to(x)).pow(2).sum()
+    return factor**2 * (degrade(x, factor) - guide_small.to(x)).pow(2).sum()
 
 
 def guide_latent(backbone: Backbone, guide_small: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
@@ -123,7 +127,7 @@ def compression_guidance(
             with torch.enable_grad():
                 z_t = state.z_t.detach().requires_grad_(True)
                 z0 = predict_z0(z_t, state.eps.detach(), state.a_t)
-                loss = (degrade(z0, k) - target_latent.expand(z0.shape[0], -1, -1, -1)).pow(2).sum()
+                loss = k**2 * (degrade(z0, k) - target_latent.expand(z0.shape[0], -1, -1, -1)).pow(2).sum()
                 (grad,) = torch.autograd.grad(loss, z_t)
             return -config.scale * state.a_t**0.5 * grad.detach()
         with torch.enable_grad():
