@@ -6,7 +6,7 @@
 Loads a ``unet`` phase checkpoint (``unet.pt`` and ``latents.pt`` of `egc train backbone`), or an exported
 backbone folder with its ``token_encoder.safetensors`` (crops of ``--photos`` encoded by its autoencoder), and, on
 random latent crops of the training photos, compares at each level t the denoising loss
-:math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` under three conditions, with the same noises:
+:math:`\\|\\epsilon-\\epsilon_\\theta(z_t,t,e)\\|^2` (for a ``v_prediction`` UNet, the same on :math:`v`) under three conditions, with the same noises:
 the null embedding, the token encoder's tokens of that crop, and the tokens of another crop.
 A UNet that uses its conditioning shows "tokens" below "null" and "other crop's" above it.
 (Textual inversion, `backbone_targets.py`, optimizes an embedding per image and can find more.)
@@ -87,7 +87,8 @@ def main() -> None:
             eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
             zt = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * eps
             tt = torch.full((z0.shape[0],), t)
-            loss = {k: float((unet(zt, tt, encoder_hidden_states=c).sample - eps).pow(2).mean()) for k, c in conditions.items()}
+            target = eps if scheduler.config.prediction_type == "epsilon" else alphas[t].sqrt() * eps - (1 - alphas[t]).sqrt() * z0
+            loss = {k: float((unet(zt, tt, encoder_hidden_states=c).sample - target).pow(2).mean()) for k, c in conditions.items()}
             for k in totals:
                 totals[k] += loss[k] / len(args.levels)
             print(f"{t:>5} " + " ".join(f"{v:>14.4f}" for v in loss.values()) + f"   {100 * (1 - loss['tokens'] / loss['null']):+.1f}%")

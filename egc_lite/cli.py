@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--vae-weights", default=None, help="--vae-type taef2: folder of taef2's released files and LICENSE")
     tb.add_argument("--schedule-shift", type=float, default=None,
                     help="new run: divide every noise level's SNR by shift^2 (1 = Stable Diffusion's schedule; about 3 for taef2's 32 channels)")
+    tb.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                    help="new run: what the UNet predicts (v_prediction weighs the noisy levels, where content forms, like a clean-image loss)")
     tb.add_argument("--scales", type=_float_list, default=None,
                     help="scales of each photo to crop from (default 1,0.75,0.6,0.45); the unet phase encodes each once")
     for name, what in (("vae-channels", "VAE widths per level"), ("unet-channels", "UNet widths per level"),
@@ -368,7 +370,7 @@ def _arch_from_args(args: argparse.Namespace):
     names = {"vae_type": "vae_type", "vae_channels": "vae_channels", "vae_blocks": "vae_blocks", "unet_channels": "unet_channels",
              "latent_channels": "latent_channels", "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block",
              "unet_norm_groups": "unet_norm_groups"}
-    names["schedule_shift"] = "schedule_shift"
+    names.update(schedule_shift="schedule_shift", prediction_type="prediction_type")
     changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     if changes.get("vae_type") == "taef2":
         changes.setdefault("latent_channels", 32)

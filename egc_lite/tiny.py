@@ -70,10 +70,13 @@ class TinyBackboneConfig:
     vae_type: str = "kl"  # kl | tiny (class docstring)
     vae_blocks: tuple[int, ...] = (1, 3, 3, 3)  # vae_type "tiny": residual blocks per encoder level
     schedule_shift: float = 1.0  # > 1: more noise at every level (build_scheduler), for latents with many channels
+    prediction_type: str = "epsilon"  # or "v_prediction" (what the UNet outputs; train_backbone.DenoisingLoss)
 
     def __post_init__(self) -> None:
         if self.vae_type not in VAE_TYPES:
             raise ParameterError(f"vae_type must be one of {', '.join(VAE_TYPES)}, not {self.vae_type!r}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ParameterError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
         if self.schedule_shift < 1:
             raise ParameterError(f"schedule_shift must be >= 1 (1 = Stable Diffusion's schedule), not {self.schedule_shift}")
         if self.vae_type == "taef2" and self.latent_channels != 32:
@@ -268,7 +271,7 @@ def build_components(cfg: TinyBackboneConfig, seed: int = 0) -> TinyComponents:
         null_cond = torch.randn(1, cfg.n_tokens, cfg.cond_dim) * 0.1
     finally:
         torch.random.set_rng_state(gen_state)
-    return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(shift=cfg.schedule_shift), null_cond=null_cond,
+    return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(cfg.prediction_type, shift=cfg.schedule_shift), null_cond=null_cond,
                           config=cfg)
 
 

@@ -323,8 +323,11 @@ class DenoisingLoss(nn.Module):
     """
 
     def __init__(self, unet: nn.Module, encoder: ImageTokenEncoder, null_cond: torch.Tensor, alphas: torch.Tensor, p_uncond: float,
-                 snr_gamma: float | None = None) -> None:
+                 snr_gamma: float | None = None, prediction_type: str = "epsilon") -> None:
         super().__init__()
+        if snr_gamma is not None and prediction_type != "epsilon":
+            raise ValueError("snr_gamma is the Min-SNR weight of an epsilon-prediction loss; a v_prediction UNet trains without it")
+        self.prediction_type = prediction_type
         self.unet, self.encoder = unet, encoder
         self.null_cond = nn.Parameter(null_cond.clone())
         self.register_buffer("alphas", alphas.clone())
@@ -345,7 +348,8 @@ class DenoisingLoss(nn.Module):
         cond = torch.where(drop.view(-1, 1, 1), self.null_cond.expand_as(cond), cond)
         a = self.alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        per_sample = (self.unet(zt, t, encoder_hidden_states=cond).sample - eps).pow(2).mean(dim=(1, 2, 3))
+        target = eps if self.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
+        per_sample = (self.unet(zt, t, encoder_hidden_states=cond).sample - target).pow(2).mean(dim=(1, 2, 3))
         return (self.weights(t) * per_sample).mean()
 
 
@@ -479,7 +483,7 @@ def train(cfg: BackboneTrainConfig) -> Path:
         vae.load_state_dict(torch.load(ckpt / "vae.pt", map_location="cpu", weights_only=False)["vae"])
         vae.requires_grad_(False).eval().to(dev)
         model = DenoisingLoss(comps.unet, ImageTokenEncoder(cfg.arch), comps.null_cond, comps.scheduler.alphas_cumprod, cfg.p_uncond,
-                              cfg.snr_gamma)
+                              cfg.snr_gamma, cfg.arch.prediction_type)
         if state is not None:
             _load_unet(model.unet, state["unet"], partial=state["opt"] is None)
             model.encoder.load_state_dict(state["encoder"])
