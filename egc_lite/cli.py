@@ -125,9 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--lf-weight", type=float, default=0.0, help="vae/decoder: weight of the L1 between 8x8 block means (colour)")
     tb.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="auto: bf16 autocast only where the CPU (AMX, AVX-512 BF16) or GPU runs it fast")
-    tb.add_argument("--vae-type", choices=("kl", "tiny"), default=None,
+    tb.add_argument("--vae-type", choices=("kl", "tiny", "taef2"), default=None,
                     help="new run: the autoencoder, kl (AutoencoderKL, the default) or tiny (AutoencoderTiny, TAESD's class: "
-                         "plain convolutions, deterministic latent; widths 64,64,64,64 unless --vae-channels says)")
+                         "plain convolutions, deterministic latent; widths 64,64,64,64 unless --vae-channels says), or taef2 "
+                         "(the pretrained taef2, 32 latent channels: give --vae-weights; only the unet phase trains)")
+    tb.add_argument("--vae-weights", default=None, help="--vae-type taef2: folder of taef2's released files and LICENSE")
+    tb.add_argument("--schedule-shift", type=float, default=None,
+                    help="new run: divide every noise level's SNR by shift^2 (1 = Stable Diffusion's schedule; about 3 for taef2's 32 channels)")
+    tb.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                    help="new run: what the UNet predicts (v_prediction weighs the noisy levels, where content forms, like a clean-image loss)")
+    tb.add_argument("--scales", type=_float_list, default=None,
+                    help="scales of each photo to crop from (default 1,0.75,0.6,0.45); the unet phase encodes each once")
     for name, what in (("vae-channels", "VAE widths per level"), ("unet-channels", "UNet widths per level"),
                        ("vae-blocks", "AutoencoderTiny blocks per encoder level, fine to coarse (TAESD: 1,3,3,3)")):
         tb.add_argument(f"--{name}", type=_int_list, default=None, help=f"new run: {what}, comma-separated (e.g. 64,128,256,256)")
@@ -342,6 +350,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1,0.6, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
 def _arch_from_args(args: argparse.Namespace):
     """egc-tiny's default architecture with the command line's changes (a resumed phase keeps its checkpoint's)."""
     from dataclasses import replace
@@ -352,7 +370,10 @@ def _arch_from_args(args: argparse.Namespace):
     names = {"vae_type": "vae_type", "vae_channels": "vae_channels", "vae_blocks": "vae_blocks", "unet_channels": "unet_channels",
              "latent_channels": "latent_channels", "vae_norm_groups": "vae_norm_groups", "unet_layers": "unet_layers_per_block",
              "unet_norm_groups": "unet_norm_groups"}
+    names.update(schedule_shift="schedule_shift", prediction_type="prediction_type")
     changes = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
+    if changes.get("vae_type") == "taef2":
+        changes.setdefault("latent_channels", 32)
     if changes.get("vae_type") == "tiny" and "vae_channels" not in changes:
         changes["vae_channels"] = TAESD_CHANNELS
     return replace(EGC_TINY_CONFIG, **changes)
@@ -367,7 +388,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   max_minutes=args.max_minutes, threads=args.threads, device=args.device,
                                   init_from=args.init_from, snr_gamma=args.snr_gamma, t_sampling=args.t_sampling,
                                   cond_lr_scale=args.cond_lr_scale, adv_weight=args.adv_weight, adv_start=args.adv_start,
-                                  lf_weight=args.lf_weight, precision=args.precision, arch=_arch_from_args(args))
+                                  lf_weight=args.lf_weight, precision=args.precision, arch=_arch_from_args(args),
+                                  vae_weights=args.vae_weights, **({"scales": tuple(args.scales)} if args.scales else {}))
         print(train(cfg))
         return 0
     if args.what == "textinv-prior":

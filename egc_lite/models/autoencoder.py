@@ -1,4 +1,4 @@
-"""The two autoencoder classes the kit runs, behind one small interface.
+"""The three autoencoder classes the kit runs, behind one small interface.
 
 * ``AutoencoderKL``: Stable Diffusion's VAE (egc-tiny's default): GroupNorm, a mid block, a Gaussian
   posterior whose mean is the latent the kit reads.
@@ -6,7 +6,10 @@
   deterministic latent; Stable Diffusion users load it as a fast decoder). Its encoder keeps one width
   on every level (diffusers builds it so), and its decoder soft-clamps latents to [-3, 3].
 
-Both map images in [-1, 1] to latents /8 and back; the UNet sees ``latent * scaling_factor`` for
+* ``TAEF2``: the pretrained taef2 (:mod:`egc_lite.models.taef2`, egc-tiny's autoencoder from v4): TAESD's
+  layout with pooled mid-blocks, 32 latent channels, a deterministic latent.
+
+All three map images in [-1, 1] to latents /8 and back; the UNet sees ``latent * scaling_factor`` for
 both (TAESD's released weights carry ``scaling_factor`` 1.0: their latents are already SD's scaled ones).
 Code that needs a property of "the VAE" asks this module instead of an attribute of one class.
 """
@@ -21,15 +24,16 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import nn
 
 from ..errors import ModelNotFoundError
+from .taef2 import TAEF2
 
 #: The classes a ``vae/`` folder may name in its ``config.json`` (``_class_name``).
-VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
-AnyVAE = AutoencoderKL | AutoencoderTiny
+VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "TAEF2": TAEF2}
+AnyVAE = AutoencoderKL | AutoencoderTiny | TAEF2
 
 
 def is_tiny(vae: nn.Module) -> bool:
-    """Whether ``vae`` is an ``AutoencoderTiny`` (deterministic latent, no KL term)."""
-    return isinstance(vae, AutoencoderTiny)
+    """Whether ``vae`` has a deterministic latent and no KL term (``AutoencoderTiny`` or ``TAEF2``)."""
+    return isinstance(vae, (AutoencoderTiny, TAEF2))
 
 
 def vae_latent(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,8 @@ def vae_latent(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def vae_downsampling(config) -> int:
     """Spatial factor between image and latent (8 for SD, TAESD and egc-tiny), from a VAE's config."""
     cfg = dict(config)
+    if cfg.get("downsampling_factor"):
+        return int(cfg["downsampling_factor"])
     widths = cfg.get("encoder_block_out_channels") or cfg["block_out_channels"]
     return 2 ** (len(widths) - 1)
 
@@ -59,13 +65,19 @@ def decoder_modules(vae: nn.Module) -> list[nn.Module]:
 
 def decoder_last_layer(vae: nn.Module) -> nn.Parameter:
     """The weight of the decoder's last convolution (where the adversarial weight is balanced)."""
+    if isinstance(vae, TAEF2):
+        return vae.decoder[-1].weight
     return vae.decoder.layers[-1].weight if is_tiny(vae) else vae.decoder.conv_out.weight
 
 
 def enable_gradient_checkpointing(vae: nn.Module) -> None:
     """Recompute activations in backward passes; for ``AutoencoderTiny`` in the decoder only, since
     diffusers 0.42's ``EncoderTiny`` skips its [-1, 1] -> [0, 1] input rescaling on the checkpointed
-    path (a checkpointed encoder would return another latent when gradients are on)."""
+    path (a checkpointed encoder would return another latent when gradients are on); for ``TAEF2`` in the
+    decoder (the pass compression guidance back-propagates through)."""
+    if isinstance(vae, TAEF2):
+        vae.checkpoint_decoder = True
+        return
     vae.enable_gradient_checkpointing()
     if is_tiny(vae):
         vae.encoder.gradient_checkpointing = False

@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import ParameterError
 from .autoencoder import AnyVAE, save_vae, vae_class_in
 
-VAE_TYPES = ("kl", "tiny")
+VAE_TYPES = ("kl", "tiny", "taef2")
 #: TAESD's widths (one per level: diffusers' ``AutoencoderTiny`` keeps the encoder's width constant).
 TAESD_CHANNELS = (64, 64, 64, 64)
 
@@ -51,7 +51,8 @@ class TinyBackboneConfig:
 
     ``vae_type`` ``"kl"`` builds an ``AutoencoderKL`` (``vae_layers_per_block``, ``vae_norm_groups``);
     ``"tiny"`` an ``AutoencoderTiny`` with ``vae_blocks`` residual blocks per encoder level (fine to coarse,
-    TAESD's (1, 3, 3, 3)), the decoder mirroring them, and one width for all levels.
+    TAESD's (1, 3, 3, 3)), the decoder mirroring them, and one width for all levels; ``"taef2"`` the
+    pretrained taef2's architecture (:mod:`egc_lite.models.taef2`, 32 latent channels; its widths are fixed).
     """
 
     vae_channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -68,10 +69,18 @@ class TinyBackboneConfig:
     global_cond_heads: int = 0  # > 0: pooled-token path into the time embedding (module docstring)
     vae_type: str = "kl"  # kl | tiny (class docstring)
     vae_blocks: tuple[int, ...] = (1, 3, 3, 3)  # vae_type "tiny": residual blocks per encoder level
+    schedule_shift: float = 1.0  # > 1: more noise at every level (build_scheduler), for latents with many channels
+    prediction_type: str = "epsilon"  # or "v_prediction" (what the UNet outputs; train_backbone.DenoisingLoss)
 
     def __post_init__(self) -> None:
         if self.vae_type not in VAE_TYPES:
             raise ParameterError(f"vae_type must be one of {', '.join(VAE_TYPES)}, not {self.vae_type!r}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ParameterError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
+        if self.schedule_shift < 1:
+            raise ParameterError(f"schedule_shift must be >= 1 (1 = Stable Diffusion's schedule), not {self.schedule_shift}")
+        if self.vae_type == "taef2" and self.latent_channels != 32:
+            raise ParameterError(f"taef2 has 32 latent channels, not {self.latent_channels}: use --latent-channels 32")
         if self.vae_type == "tiny":
             if len(set(self.vae_channels)) != 1:
                 raise ParameterError(f"an AutoencoderTiny has one width on every level, not {self.vae_channels}: "
@@ -104,6 +113,10 @@ def build_vae(cfg: TinyBackboneConfig) -> AnyVAE:
     """An ``AutoencoderKL`` (or, with ``vae_type="tiny"``, an ``AutoencoderTiny``) with /8 latents
     (needs 4 resolution levels)."""
     n = len(cfg.vae_channels)
+    if cfg.vae_type == "taef2":
+        from .taef2 import TAEF2
+
+        return TAEF2(latent_channels=cfg.latent_channels)
     if cfg.vae_type == "tiny":
         return AutoencoderTiny(
             in_channels=3,
@@ -161,14 +174,32 @@ def build_unet(cfg: TinyBackboneConfig, **overrides) -> UNet2DConditionModel:
     return unet
 
 
-def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+def shifted_betas(shift: float, n_train: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> list[float]:
+    """Betas of Stable Diffusion's scaled-linear schedule with every level's signal-to-noise ratio divided by
+    ``shift**2``: :math:`\\mathrm{SNR}'_t = \\mathrm{SNR}_t/s^2`, i.e. :math:`\bar\alpha'_t = \bar\alpha_t/(\bar\alpha_t + s^2(1-\bar\alpha_t))`.
+
+    A latent with many channels per position (taef2's 32 against SD's 4) keeps its content at a noise level
+    that destroys a 4-channel latent's, since the content is spread over redundant channels; the same
+    reasoning makes SD3 and FLUX shift their schedules for larger images (Esser et al. 2024, eq. 23, whose
+    :math:`\alpha` is this ``shift``). Betas follow from :math:`\beta_t = 1-\bar\alpha'_t/\bar\alpha'_{t-1}`.
+    """
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, n_train, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    shifted = abar / (abar + shift**2 * (1 - abar))
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
+    return (1 - shifted / prev).tolist()
+
+
+def build_scheduler(prediction_type: str = "epsilon", shift: float = 1.0) -> DDIMScheduler:
     """Stable Diffusion's noise schedule (scaled linear betas, 1000 steps; epsilon prediction, or
-    ``"v_prediction"`` as SD 2.1 at 768 px)."""
+    ``"v_prediction"`` as SD 2.1 at 768 px); ``shift`` > 1 divides every level's SNR by ``shift**2``
+    (:func:`shifted_betas`, stored as the scheduler's ``trained_betas``)."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
+        trained_betas=shifted_betas(shift) if shift != 1 else None,
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
@@ -240,7 +271,8 @@ def build_components(cfg: TinyBackboneConfig, seed: int = 0) -> TinyComponents:
         null_cond = torch.randn(1, cfg.n_tokens, cfg.cond_dim) * 0.1
     finally:
         torch.random.set_rng_state(gen_state)
-    return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(), null_cond=null_cond, config=cfg)
+    return TinyComponents(vae=vae, unet=unet, scheduler=build_scheduler(cfg.prediction_type, shift=cfg.schedule_shift), null_cond=null_cond,
+                          config=cfg)
 
 
 #: The real Stable Diffusion configurations a tiny folder can imitate: text width, tokens,

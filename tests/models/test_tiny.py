@@ -44,3 +44,28 @@ def test_tiny_autoencoder_settings_are_checked():
     with pytest.raises(ParameterError, match="vae_type"):
         replace(TEST_CONFIG, vae_type="vq")
     TinyBackboneConfig(vae_channels=(64, 128, 256, 256))  # a KL autoencoder may widen per level
+
+
+def test_a_shifted_schedule_divides_every_levels_snr_by_the_shift_squared():
+    import torch
+
+    from egc_lite.models.tiny import build_scheduler
+
+    plain, shifted = build_scheduler().alphas_cumprod.double(), build_scheduler(shift=3.0).alphas_cumprod.double()
+    snr = lambda a: a / (1 - a)  # noqa: E731
+    assert torch.allclose(snr(shifted), snr(plain) / 9, rtol=1e-4)
+    assert bool((shifted < plain).all()) and float(shifted[-1]) < float(plain[-1])  # more noise everywhere
+    assert torch.equal(build_scheduler(shift=1.0).alphas_cumprod, build_scheduler().alphas_cumprod)
+
+
+def test_taef2_backbone_settings_are_checked():
+    with pytest.raises(ParameterError, match="32 latent channels"):
+        TinyBackboneConfig(vae_type="taef2", latent_channels=4)
+    with pytest.raises(ParameterError, match="schedule_shift"):
+        TinyBackboneConfig(schedule_shift=0.5)
+    with pytest.raises(ParameterError, match="prediction_type"):
+        TinyBackboneConfig(prediction_type="sample")
+    comps = build_components(replace(TEST_CONFIG, vae_type="taef2", latent_channels=32, schedule_shift=2.0,
+                                     prediction_type="v_prediction"))
+    assert type(comps.vae).__name__ == "TAEF2" and comps.unet.config.in_channels == 32
+    assert comps.scheduler.config.prediction_type == "v_prediction" and comps.scheduler.config.trained_betas is not None

@@ -329,3 +329,58 @@ def test_cli_vae_type_tiny_builds_taesds_autoencoder_and_refuses_uneven_widths(c
 def test_checkpoints_from_before_the_autoencoder_type_are_kl():
     state = {"config": {"arch": {k: v for k, v in TEST_CONFIG.to_dict().items() if k not in ("vae_type", "vae_blocks")}}}
     assert checkpoint_arch(state) == TEST_CONFIG and checkpoint_arch(state).vae_type == "kl"
+
+
+def test_the_v_loss_is_the_squared_error_on_v():
+    """DenoisingLoss on a v_prediction UNet: a UNet that outputs zeros pays E[v^2] with
+    v = sqrt(a) eps - sqrt(1 - a) z0, computed here independently."""
+
+    class Zeros(torch.nn.Module):
+        def forward(self, zt, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.zeros_like(zt)})()
+
+    arch = replace(TEST_CONFIG, prediction_type="v_prediction")
+    comps = build_components(arch)
+    alphas = comps.scheduler.alphas_cumprod
+    loss_fn = DenoisingLoss(Zeros(), ImageTokenEncoder(arch), comps.null_cond, alphas, 0.0, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 990])
+    a = alphas[t].view(-1, 1, 1, 1)
+    v = a.sqrt() * eps - (1 - a).sqrt() * z0
+    got = loss_fn(z0, t, eps, torch.zeros(3, dtype=torch.bool))
+    assert torch.allclose(got, v.pow(2).mean(dim=(1, 2, 3)).mean())
+    with pytest.raises(ValueError, match="Min-SNR"):
+        DenoisingLoss(Zeros(), ImageTokenEncoder(arch), comps.null_cond, alphas, 0.0, snr_gamma=5.0, prediction_type="v_prediction")
+
+
+def test_a_taef2_unet_trains_on_the_released_autoencoder_and_exports_with_its_licence(tmp_path, photo_folder, monkeypatch):
+    """vae_type "taef2": vae.pt is made from the released files (checksums checked) with the licence text, the
+    unet phase trains a v_prediction UNet on a shifted schedule, and the export loads as a TAEF2 backbone with
+    LICENSE beside the autoencoder's weights."""
+    from tests.models.test_taef2 import _write_release
+
+    from egc_lite.errors import ParameterError
+    from egc_lite.models.taef2 import TAEF2
+    from egc_lite.training.backbone import pretrained_vae_checkpoint
+
+    released = _write_release(tmp_path / "taef2", monkeypatch)
+    arch = replace(TEST_CONFIG, vae_type="taef2", latent_channels=32, schedule_shift=3.0, prediction_type="v_prediction")
+    common = dict(ckpt_dir=str(tmp_path / "ckpt"), data_dir=str(photo_folder), batch_size=2, crop=64, log_every=1,
+                  save_every=1, precision="fp32", arch=arch, scales=(1.0,))
+    with pytest.raises(ParameterError, match="--vae-weights"):
+        pretrained_vae_checkpoint(BackboneTrainConfig(phase="unet", **common), tmp_path)
+    with pytest.raises(ParameterError, match="only the unet phase"):
+        train(BackboneTrainConfig(phase="vae", steps=1, vae_weights=str(tmp_path / "taef2"), **common))
+    train(BackboneTrainConfig(phase="unet", steps=2, vae_weights=str(tmp_path / "taef2"), **common))
+    state = torch.load(tmp_path / "ckpt" / "unet.pt", weights_only=False)
+    assert state["step"] == 2 and checkpoint_arch(state).prediction_type == "v_prediction"
+    out = export_backbone(tmp_path / "ckpt", tmp_path / "exported")
+    assert (out / "vae" / "LICENSE").read_text().startswith("MIT")
+    b = load_backbone(str(out), device="cpu", precision="fp32")
+    assert isinstance(b.vae, TAEF2) and b.latent_channels == 32 and b.prediction_type == "v_prediction"
+    with torch.no_grad():
+        enc = released.encoder.half().float()(torch.full((1, 3, 64, 64), 0.5))
+        assert torch.allclose(b.encode(torch.full((1, 3, 64, 64), 0.5)), enc * b.latent_scale, atol=1e-2)
+    z = ddim_sample(b, b.null_cond, (8, 8), SamplerConfig(steps=2, guidance_scale=2.0, seed=0))
+    assert z.shape == (1, 32, 8, 8) and bool(torch.isfinite(b.decode(z)).all())
