@@ -358,11 +358,10 @@ def test_a_taef2_unet_trains_on_the_released_autoencoder_and_exports_with_its_li
     """vae_type "taef2": vae.pt is made from the released files (checksums checked) with the licence text, the
     unet phase trains a v_prediction UNet on a shifted schedule, and the export loads as a TAEF2 backbone with
     LICENSE beside the autoencoder's weights."""
-    from tests.models.test_taef2 import _write_release
-
     from egc_lite.errors import ParameterError
     from egc_lite.models.taef2 import TAEF2
     from egc_lite.training.backbone import pretrained_vae_checkpoint
+    from tests.models.test_taef2 import _write_release
 
     released = _write_release(tmp_path / "taef2", monkeypatch)
     arch = replace(TEST_CONFIG, vae_type="taef2", latent_channels=32, schedule_shift=3.0, prediction_type="v_prediction")
