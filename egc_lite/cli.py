@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from .codecs import DEFAULT_BACKBONE, DEFAULT_CODEC
 from .errors import EGCError
+from .models.diffeic.config import SHIPPED_DESIGN
 
 #: ``egc_lite.sampling.guidance.GUIDANCE_MODES``, repeated so that building the parser imports no torch (a test checks they agree).
 GUIDANCE_MODE_CHOICES = ("fast", "full", "latent")
@@ -165,12 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--n", type=int, default=64, help="hyper-latent channels N")
     td.add_argument("--m", type=int, default=96, help="latent channels M")
     td.add_argument("--control-ratio", type=float, default=0.2, help="control module width / UNet width")
-    td.add_argument("--control", choices=("cddm", "narrow"), default="cddm",
+    td.add_argument("--control", choices=("cddm", "narrow"), default=SHIPPED_DESIGN["control"],
                     help="control module: cddm (the reference's, default) or narrow (the first egc-tiny rate points')")
-    td.add_argument("--z0-modulation", choices=("concat", "sft"), default="concat",
-                    help="how the VAE latent enters the encoder: concatenated in g_a, or SFT layers in g_a and h_a (the reference's)")
+    td.add_argument("--z0-modulation", choices=("concat", "sft"), default=SHIPPED_DESIGN["z0_modulation"],
+                    help="how the VAE latent enters the encoder: concatenated in g_a, or SFT layers in g_a and h_a (the reference's, the default)")
     td.add_argument("--sft-channels", type=int, default=32, help="width of the SFT condition maps (with --z0-modulation sft)")
-    td.add_argument("--context", choices=("none", "checkerboard"), default="none", help="entropy model context of y")
+    td.add_argument("--context", choices=("none", "checkerboard"), default=SHIPPED_DESIGN["context"],
+                    help="entropy model context of y (default: the checkerboard context, as the shipped rate points)")
     td.add_argument("--context-slices", type=_int_list, default=(),
                     help="channel slices of the checkerboard context (ELIC style), comma-separated, summing to --m (e.g. 8,8,16,32,32)")
     td.add_argument("--seed", type=int, default=0)

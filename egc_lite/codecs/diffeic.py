@@ -31,7 +31,9 @@ quality 0, decodes only with that model, and ``--bpp`` has no other rate point t
 
 Header: ``seed``, ``steps``, ``q`` (quality, 0 = a model given in code), ``start`` (start step),
 ``model`` (a 32-bit fingerprint of the weights, so a file never decodes silently with other
-weights) and, only when it is not 0, ``eta`` in thousandths (:data:`ETA_UNIT`; absent, as in files
+weights), ``yh``/``yw`` (the coded latent's height and width, which fix the hyper-latent's too: a header whose
+image size asks for more symbols than were coded is refused instead of decoded into garbage; files written
+before these fields existed lack them) and, only when it is not 0, ``eta`` in thousandths (:data:`ETA_UNIT`; absent, as in files
 written before it existed, means DDIM). Padded sizes follow from the image size in the container.
 """
 
@@ -50,11 +52,33 @@ from ..errors import BitstreamError, ModelNotFoundError, ParameterError
 from ..models.diffeic.config import COMPRESSOR_STRIDE
 from ..models.diffeic.model import DiffEICModel, load_diffeic
 from ..sampling.ddim import Denoiser, SamplerConfig, check_steps, ddim_sample, output_to_epsilon
-from ..weights import rate_point_folder
+from ..weights import rate_point_folder, shipped_rate_point_lambdas
 from .base import Codec, CompressOptions
 
-#: Suggested rate weight per quality (the reference's five points; 1 = lowest rate).
-QUALITY_LAMBDA = {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}
+#: The qualities ``--quality`` takes (1 = lowest rate).
+QUALITIES = (1, 2, 3, 4, 5)
+
+
+def suggested_lambdas(shipped: dict[int, float]) -> dict[int, float]:
+    """The rate weight to train each quality with: the shipped point's own :math:`\\lambda` where one is shipped,
+    elsewhere log-linear in the quality between (or beyond) the two nearest shipped points; with nothing shipped,
+    the reference's five points (16 ... 1)."""
+    if not shipped:
+        return {q: 2.0 ** (len(QUALITIES) - 1 - i) for i, q in enumerate(QUALITIES)}
+    known = sorted(shipped)
+    if len(known) == 1:
+        return dict.fromkeys(QUALITIES, shipped[known[0]])
+    out = {}
+    for q in QUALITIES:
+        a = max([k for k in known[:-1] if k <= q] or [known[0]])
+        b = known[known.index(a) + 1]
+        out[q] = shipped[a] * (shipped[b] / shipped[a]) ** ((q - a) / (b - a))
+    return out
+
+
+#: Rate weight per quality (:func:`suggested_lambdas` of the shipped rate points' ``config.json``: 4 / 0.25 / 0.03
+#: for q1 / q3 / q5 of egc-tiny v3).
+QUALITY_LAMBDA = suggested_lambdas(shipped_rate_point_lambdas())
 DEFAULT_QUALITY = 3
 DEFAULT_STEPS = 50
 #: Default start step as a fraction of the steps (module docstring): 30 of 50 skipped. Tune on training photos.
@@ -190,8 +214,9 @@ class DiffEICCodec(Codec):
     def _stream(self, quality: int, xp: torch.Tensor, z0: torch.Tensor, h: int, w: int, sampler: SamplerConfig) -> Bitstream:
         model = self.model(quality)
         out = model.compressor.compress(xp.to(model.device), z0.to(model.device))
+        y_h, y_w = (int(n) for n in xp.shape[-2:])
         params = {"seed": sampler.seed, "steps": sampler.steps, "q": quality, "start": sampler.start_step,
-                  "model": self._fingerprints[quality]}
+                  "model": self._fingerprints[quality], "yh": y_h // COMPRESSOR_STRIDE * 4, "yw": y_w // COMPRESSOR_STRIDE * 4}
         if sampler.eta:  # absent = DDIM, so such files keep the bytes of files made before eta existed
             params["eta"] = round(sampler.eta * ETA_UNIT)
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
@@ -230,6 +255,12 @@ class DiffEICCodec(Codec):
             )
         m = image_multiple(self.backbone)
         hp, wp = -(-bs.height // m) * m, -(-bs.width // m) * m
+        y_shape = (hp * 4 // COMPRESSOR_STRIDE, wp * 4 // COMPRESSOR_STRIDE)  # stride 16; z's follows at stride 64
+        if "yh" in bs.params and (self.param(bs, "yh", int), self.param(bs, "yw", int)) != y_shape:
+            raise BitstreamError(
+                f"the header's {bs.width}x{bs.height} image needs a {y_shape[0]}x{y_shape[1]} latent, but the file's payload "
+                f"holds {self.param(bs, 'yh', int)}x{self.param(bs, 'yw', int)}: the header does not match its payloads"
+            )
         cfg = model.config
         check_payload_bytes(len(y), cfg.M * (hp * 4 // COMPRESSOR_STRIDE) * (wp * 4 // COMPRESSOR_STRIDE), "y")  # stride 16
         check_payload_bytes(len(z), cfg.N * (hp // COMPRESSOR_STRIDE) * (wp // COMPRESSOR_STRIDE), "z")  # stride 64

@@ -74,3 +74,14 @@ def rate_point_folder(backbone_id: str, quality: int) -> Path:
     if not (mine / "config.json").is_file() and trained_for(shipped) == backbone_id:
         return shipped
     return mine
+
+
+def shipped_rate_point_lambdas() -> dict[int, float]:
+    """The rate weight :math:`\\lambda` each shipped rate point was trained with (its ``config.json``), by quality."""
+    out = {}
+    for folder in sorted(DIFFEIC_DIR.glob("q[0-9]")):
+        try:
+            out[int(folder.name[1:])] = float(json.loads((folder / "config.json").read_text())["config"]["lmbda"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out

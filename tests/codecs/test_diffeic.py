@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from egc_lite.codecs import CompressOptions, DiffEICCodec, make_codec
-from egc_lite.codecs.diffeic import DEFAULT_STEPS, default_start_step
+from egc_lite.codecs.diffeic import DEFAULT_STEPS, QUALITY_LAMBDA, default_start_step, image_multiple, suggested_lambdas
 from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream, read_bitstream, write_bitstream
 from egc_lite.coding.entropy import update_tables
 from egc_lite.errors import BitstreamError, ModelNotFoundError, ParameterError
@@ -151,7 +151,7 @@ def test_bad_files(codec, stream, tiny_backbone):
 
 def test_missing_weights_name_the_folder_and_the_command(tmp_path, tiny_backbone, image, stream):
     codec = DiffEICCodec(tiny_backbone, weights_dir=tmp_path / "none")
-    with pytest.raises(ModelNotFoundError, match=r"q2.*egc train diffeic --lmbda 8"):
+    with pytest.raises(ModelNotFoundError, match=rf"q2.*egc train diffeic --lmbda {QUALITY_LAMBDA[2]:g}"):
         codec.compress(image, CompressOptions(quality=2))
     with pytest.raises(ModelNotFoundError, match="none"):
         codec.compress(image, CompressOptions(bpp=0.1))
@@ -200,6 +200,29 @@ def test_eta_goes_in_the_header_and_decodes_the_same_every_time(tmp_path, codec,
     assert "eta" not in ddim.params and codec.decode_parameters(ddim)[0].eta == 0.0  # absent: DDIM, as before the field
     with pytest.raises(ParameterError, match="eta"):
         CompressOptions(eta=1.5)
+
+
+def test_a_header_that_claims_more_than_its_payloads_hold_is_refused(codec, stream):
+    """New files record the coded latent's shape: a header edited to a larger image (checksum recomputed) is
+    refused, where it used to decode the short payload into a garbage image."""
+    assert {"yh", "yw"} <= set(stream.params)
+    m = image_multiple(codec.backbone)
+    bigger = dataclasses.replace(stream, height=stream.height + m, width=stream.width + m)
+    with pytest.raises(BitstreamError, match="does not match its payloads"):
+        codec.decompress(decode_bitstream(encode_bitstream(bigger)))
+    legacy = dataclasses.replace(stream, params={k: v for k, v in stream.params.items() if k not in ("yh", "yw")})
+    assert torch.equal(codec.decompress(legacy), codec.decompress(stream))  # files written before the fields decode as before
+
+
+def test_quality_lambdas_come_from_the_shipped_rate_points():
+    from egc_lite.weights import shipped_rate_point_lambdas
+
+    shipped = shipped_rate_point_lambdas()
+    assert shipped and all(QUALITY_LAMBDA[q] == lmbda for q, lmbda in shipped.items())
+    lambdas = [QUALITY_LAMBDA[q] for q in sorted(QUALITY_LAMBDA)]
+    assert all(a > b for a, b in zip(lambdas, lambdas[1:]))  # a higher quality weighs the rate less
+    assert suggested_lambdas({1: 4.0, 3: 0.25})[2] == pytest.approx(1.0)  # geometric between neighbours
+    assert suggested_lambdas({}) == {1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 1.0}  # the reference's, with none shipped
 
 
 @pytest.mark.parametrize("key, value", [("start", 3), ("start", -1), ("start", 2**62), ("eta", -1), ("eta", 1001),

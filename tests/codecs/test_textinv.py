@@ -209,3 +209,42 @@ def test_bf16_decode_is_deterministic_and_close_to_float32(tiny_by_precision, st
     ref = codecs["fp32"].decompress(stream)
     diff = a - ref
     assert float(diff.abs().max()) > 0 and float(diff.pow(2).mean().sqrt() / ref.std()) < 0.06
+
+
+def test_the_embedding_sent_at_a_coarser_step_is_re_inverted_at_that_step(tiny_backbone, image, monkeypatch):
+    """When the embedding's bytes force a coarser quantization step than the inversion's, a short re-inversion at
+    that step starts from the embedding found, and the symbols sent are the refined embedding's at that step."""
+    from egc_lite.codecs import textinv
+    from egc_lite.codecs.textinv import FIXED, fixed_step
+    from egc_lite.codecs.textual_inversion import quantize_embedding
+
+    calls = []
+    real = textinv.invert_embedding
+
+    def spy(backbone, z0, config, prior=None, init=None):
+        result = real(backbone, z0, config, prior, init=init)
+        calls.append((config.step_size, config.steps, init is not None, result.embedding.clone()))
+        return result
+
+    monkeypatch.setattr(textinv, "invert_embedding", spy)
+    cfg = dataclasses.replace(FAST, inversion=InversionConfig(steps=8, step_size=0.002, lr=0.3, lmbda=0.0))
+    codec = TextInvCodec(tiny_backbone, cfg)
+    bs = codec.compress(image, CompressOptions(bpp=0.05, seed=0))
+    step = bs.params["dq"] / FIXED
+    assert step > fixed_step(0.002)  # the budget forced a coarser step
+    first, *refines = calls
+    assert first[:3] == (0.002, 8, False)
+    assert refines and all(s > 0.002 and n == 2 and from_found for s, n, from_found, _ in refines)
+    assert refines[-1][0] == pytest.approx(step)
+    sent = quantize_embedding(tiny_backbone, refines[-1][3], cfg.inversion, step)
+    assert torch.equal(codec.decode_embedding(bs.sections["emb"], sent.shape[1], step), sent)
+
+
+def test_no_re_inversion_when_the_inversions_own_step_fits(tiny_backbone, image, monkeypatch):
+    from egc_lite.codecs import textinv
+
+    calls = []
+    real = textinv.invert_embedding
+    monkeypatch.setattr(textinv, "invert_embedding", lambda *a, **k: calls.append(k.get("init")) or real(*a, **k))
+    TextInvCodec(tiny_backbone, FAST).compress(image, CompressOptions(bpp=2.0, seed=0))
+    assert calls == [None]

@@ -184,7 +184,26 @@ def test_load_or_train_uses_fitting_shipped_points_else_trains_one(tmp_path, pho
     out = capsys.readouterr().out
     assert "no shipped DiffEIC rate point" in out and "trained for 1 steps" in out
     assert points.qualities == [0] and points.main == 0 and points.trained_here
-    assert points.label(0) == "trained here (1 steps, lambda 2)" and points.label(3) == "q3 (lambda 4)"
+    assert points.label(0) == "trained here (1 steps, lambda 2)" and points.label(3) == "q3 (lambda 0.25)"  # the shipped q3 was trained with lambda 0.25
     assert points.codec.model(0) is not None
     again = load_or_train_rate_points(tiny_backbone, "train", **kw)
     assert "continued from the checkpoint already in" in capsys.readouterr().out and again.trained_steps == 1
+
+
+def test_the_command_line_trains_the_shipped_design_by_default():
+    """`egc train diffeic` with no compressor options trains what ships (SHIPPED_DESIGN: the reference's CDDM
+    control, SFT modulation and checkerboard context, as every shipped config.json says), and a config.json
+    without these fields stays the old design."""
+    import json
+
+    from egc_lite.cli import build_parser
+    from egc_lite.models.diffeic.config import LEGACY_FIELDS, SHIPPED_DESIGN, DiffEICConfig
+    from egc_lite.weights import DIFFEIC_DIR
+
+    args = build_parser().parse_args(["train", "diffeic", "--lmbda", "1"])
+    assert {k: getattr(args, k) for k in SHIPPED_DESIGN} == SHIPPED_DESIGN
+    shipped = [json.loads(p.read_text())["config"] for p in sorted(DIFFEIC_DIR.glob("q*/config.json"))]
+    assert shipped and all({k: cfg[k] for k in SHIPPED_DESIGN} == SHIPPED_DESIGN for cfg in shipped)
+    old = DiffEICConfig.from_dict({"N": 8, "M": 8})
+    assert all(getattr(old, k) == v for k, v in LEGACY_FIELDS.items())
+    assert old.identity_dict() == {k: v for k, v in old.to_dict().items() if k not in LEGACY_FIELDS}

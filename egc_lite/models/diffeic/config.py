@@ -25,6 +25,9 @@ UNET_KEYS = (
 # ---------------------------------------------------------------------------------- configuration
 #: Fields appended to :class:`DiffEICConfig` after rate points were shipped, with the value that means
 #: the design those points were trained with (an absent field in ``config.json`` takes it).
+#: The reference's compressor and control design, which the shipped rate points use and `egc train diffeic` trains
+#: by default (its command-line defaults are these values; a test ties them to the shipped config.json files).
+SHIPPED_DESIGN: dict[str, Any] = {"control": "cddm", "z0_modulation": "sft", "context": "checkerboard"}
 LEGACY_FIELDS: dict[str, Any] = {"control": "narrow", "z0_modulation": "concat", "sft_channels": 32, "context": "none", "context_slices": ()}
 
 
@@ -47,8 +50,9 @@ class DiffEICConfig:
     hint_channels: tuple[int, ...] = (16,)  # "narrow" only; one entry: no downsampling of the hint
     lmbda: float = 4.0
     alignment_weight: float = 2.0  # lambda_a of the space alignment loss
-    # Appended after the first shipped rate points; their defaults are the design those were trained with
-    # (LEGACY_FIELDS), so a config.json without them loads as before and hashes as before.
+    # Appended after the first shipped rate points: a config.json without them is of that design (LEGACY_FIELDS,
+    # filled in by from_dict and left out of identity_dict, so such files load and hash as before). These defaults
+    # are the small plain design built in code (tests, notebooks' quick points); what ships is SHIPPED_DESIGN.
     z0_modulation: str = "concat"  # "concat" (z0 joins g_a at stride 8) or "sft" (SFT layers in g_a and h_a, the reference's)
     sft_channels: int = 32  # width of the z0 condition maps and SFT hidden layers
     context: str = "none"  # "none" (mean-scale hyperprior) or "checkerboard" (He et al. 2021)
@@ -79,9 +83,10 @@ class DiffEICConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DiffEICConfig:
-        """From a saved configuration; one saved before the ``control`` field existed is a ``"narrow"`` model."""
+        """From a saved configuration; a field it lacks takes its :data:`LEGACY_FIELDS` value (one saved before the
+        ``control`` field existed is a ``"narrow"`` model, one saved before ``context`` has none)."""
         names = {f.name for f in fields(cls)}
-        d = {"control": "narrow", **d}
+        d = {**LEGACY_FIELDS, **d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
