@@ -10,9 +10,7 @@ frequencies on the guide by ILVR's low-pass replacement (:mod:`egc_lite.sampling
 
 Rate control: the file is ``header + embedding + guide``. Given a target, the embedding's
 quantization step :math:`\\Delta` is the finest on a ladder whose symbols fit ``embedding_share``
-of the budget; when that is not the step the inversion optimized for, a short re-inversion at it follows
-(:meth:`TextInvCodec.embedding_for_budget`), so the embedding sent is the one optimized for its quantizer. The
-guide (factor and quality) takes what is left with the best PSNR. The
+of the budget, and the guide (factor and quality) takes what is left with the best PSNR. The
 step is snapped to the header's fixed point (:data:`FIXED`) *before* quantizing, so encoder and
 decoder use the same :math:`\\Delta` and the same symbol scales.
 
@@ -167,38 +165,13 @@ class TextInvCodec(Codec):
         return Bitstream(codec=self.name, backbone_id=self.backbone_id, height=h, width=w, params=params,
                          sections={"emb": emb, "guide": guide})
 
-    def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`z_0` of image ``x`` (3, H, W), padded to the backbone's size multiple."""
+    def invert(self, x: torch.Tensor, cfg: TextInvConfig | None = None):
+        """Textual inversion of image ``x`` (3, H, W); returns the :class:`InversionResult`."""
+        cfg = cfg or self.config
         xp, _ = pad_to_multiple(x[None], self.backbone.size_multiple)
         with torch.no_grad():
-            return self.backbone.encode(xp.to(self.backbone.device))
-
-    def invert(self, x: torch.Tensor, cfg: TextInvConfig | None = None):
-        """Textual inversion of image ``x`` (3, H, W); returns the :class:`~egc_lite.codecs.textual_inversion.InversionResult`."""
-        cfg = cfg or self.config
-        return invert_embedding(self.backbone, self.latent(x), cfg.inversion, self.prior)
-
-    def embedding_for_budget(self, z0: torch.Tensor, embedding: torch.Tensor, cfg: TextInvConfig, budget: float) -> tuple[float, bytes]:
-        """The quantization step and coded symbols of the embedding: the finest step of :data:`STEP_LADDER` whose
-        symbols fit ``budget`` bytes. An embedding optimized at one step and sent at a coarser one was optimized
-        for the wrong quantizer, so when the step is not the inversion's, a short re-inversion (a quarter of the
-        steps, from the embedding found) runs at that step before quantizing; if its symbols then no longer fit,
-        the next step of the ladder is tried the same way."""
-        base = fixed_step(cfg.inversion.step_size)
-        for mult in STEP_LADDER:
-            step, last = fixed_step(cfg.inversion.step_size * mult), mult == STEP_LADDER[-1]
-            if not last and len(self._code(embedding, cfg, step)) > budget:
-                continue  # too many bits even before refining: a coarser step
-            if step != base:
-                refine = replace(cfg.inversion, step_size=step, steps=max(1, cfg.inversion.steps // 4))
-                embedding = invert_embedding(self.backbone, z0, refine, self.prior, init=embedding).embedding
-            data = self._code(embedding, cfg, step)
-            if len(data) <= budget or last:
-                return step, data
-        raise AssertionError("unreachable: the ladder's last step always returns")
-
-    def _code(self, embedding: torch.Tensor, cfg: TextInvConfig, step: float) -> bytes:
-        return self.encode_embedding(quantize_embedding(self.backbone, embedding, cfg.inversion, step), step)
+            z0 = self.backbone.encode(xp.to(self.backbone.device))
+        return invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
 
     # ------------------------------------------------------------------ codec
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
@@ -211,12 +184,20 @@ class TextInvCodec(Codec):
         target = self._target_bpp(options)
         h, w = x.shape[1:]
         budget_bytes = target * h * w / 8
-        z0 = self.latent(x)
-        inv = invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
+        inv = self.invert(x, cfg)
+        base = cfg.inversion.step_size
         sl = cfg.inversion.token_slice(self.backbone)
         n_tok = sl.stop - sl.start
-        # steps are snapped to the header's fixed point first: the decoder quantizes and scales with exactly these
-        step, emb = self.embedding_for_budget(z0, inv.embedding, cfg, cfg.embedding_share * budget_bytes)
+        # finest step whose symbols fit the embedding's share of the budget (snapped to the header's
+        # fixed point first: the decoder quantizes and scales with exactly this value)
+        chosen = None
+        for mult in STEP_LADDER:
+            step = fixed_step(base * mult)
+            data = self.encode_embedding(quantize_embedding(self.backbone, inv.embedding, cfg.inversion, step), step)
+            chosen = (step, data)
+            if len(data) <= cfg.embedding_share * budget_bytes:
+                break
+        step, emb = chosen
         room = max(int(budget_bytes) - len(emb), 0)  # header sized with a guide as long as it can be
         header = len(encode_bitstream(self._stream(h, w, cfg, step, n_tok, 8, emb, bytes(room)))) - room
         guide_budget_bpp = 8 * (budget_bytes - header) / (h * w)

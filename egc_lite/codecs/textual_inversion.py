@@ -194,16 +194,13 @@ def _crops(z0: torch.Tensor, n: int, crop: int | None, gen: torch.Generator) -> 
     return torch.cat([z0[..., y : y + ch, x : x + cw] for y, x in zip(ys, xs)])
 
 
-def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConfig, prior: EmbeddingPrior | None = None,
-                     init: torch.Tensor | None = None) -> InversionResult:
-    """Optimize the embedding of latent ``z0`` (1, C, h, w) (see the module docstring), from the null embedding or
-    from ``init`` (an earlier result's embedding: a short re-inversion at another quantization step)."""
+def invert_embedding(backbone: Backbone, z0: torch.Tensor, config: InversionConfig, prior: EmbeddingPrior | None = None) -> InversionResult:
+    """Optimize the embedding of latent ``z0`` (1, C, h, w) (see the module docstring)."""
     config.validate()
     prior = prior or EmbeddingPrior.for_backbone(backbone)
     sl = config.token_slice(backbone)
     null = backbone.null_cond.float().to(backbone.device)
-    start = torch.zeros_like(null[:, sl]) if init is None else init.float().to(null.device)[:, sl] - null[:, sl]
-    delta = start.clone().requires_grad_(True)
+    delta = torch.zeros_like(null[:, sl]).requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=config.lr)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     n_train = backbone.scheduler.config.num_train_timesteps
