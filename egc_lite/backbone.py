@@ -47,12 +47,13 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from .errors import ModelNotFoundError, ParameterError
 from .models.autoencoder import (
     AnyVAE,
+    decode_tiled,
     decoder_modules,
     enable_gradient_checkpointing,
+    encode_tiled,
     save_vae,
     vae_class_in,
     vae_downsampling,
-    vae_latent,
 )
 from .models.tiny import TEST_CONFIG, TinyBackboneConfig, build_components
 from .precision import autocast, prepare_module
@@ -122,17 +123,18 @@ class Backbone:
 
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
         """Scaled latent :math:`z_0 = s\\,\\mathcal{E}(x)` (an ``AutoencoderKL``'s posterior mean, an
-        ``AutoencoderTiny``'s latent: deterministic). Never under autocast, not even a caller's: codec B's
+        ``AutoencoderTiny``'s latent: deterministic; on a large image window by window, exactly,
+        :func:`~egc_lite.models.autoencoder.encode_tiled`). Never under autocast, not even a caller's: codec B's
         compressor decides its symbols from :math:`z_0`."""
         x = (x01 * 2 - 1).to(self.device, self.vae_dtype)
         with torch.autocast(self.device.type, enabled=False):
-            return vae_latent(self.vae, x).to(self.dtype) * self.latent_scale
+            return encode_tiled(self.vae, x).to(self.dtype) * self.latent_scale
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
         """Image :math:`\\mathcal{D}(z_0/s)` in [0, 1], float32 (differentiable; not clamped), under
-        :meth:`inference_autocast`."""
+        :meth:`inference_autocast`; on a large image window by window (:func:`~egc_lite.models.autoencoder.decode_tiled`)."""
         with self.inference_autocast():
-            x = self.vae.decode((z0 / self.latent_scale).to(self.vae_dtype)).sample
+            x = decode_tiled(self.vae, (z0 / self.latent_scale).to(self.vae_dtype))
         return (x.float() + 1) / 2
 
 

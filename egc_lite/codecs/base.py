@@ -72,6 +72,13 @@ class Codec(ABC):
     def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:
         """Rebuild the image ``(3, H, W)`` in [0, 1]; ``sample`` > 0 varies the decoder's seed."""
 
+    def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
+        """Computed peak bytes (the whole process) of ``stage`` ``"encode"`` or ``"decode"`` of a ``height x width``
+        image, with the file's own decoding settings when ``bs`` is given (:mod:`egc_lite.models.memory`)."""
+        from ..models.memory import RUNTIME_BYTES, image_bytes
+
+        return RUNTIME_BYTES + image_bytes(height, width)
+
     # helpers shared by the codecs
     @staticmethod
     def check_image(x: torch.Tensor, multiple: int = 1, min_side: int = 1) -> torch.Tensor:

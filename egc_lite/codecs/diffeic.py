@@ -46,11 +46,12 @@ from typing import ClassVar
 import torch
 
 from ..coding.bitstream import Bitstream
-from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
+from ..coding.budget import check_decode, check_encode, check_payload_bytes
 from ..data import MAX_PIXELS, crop_to, pad_to_multiple
 from ..errors import BitstreamError, ModelNotFoundError, ParameterError
 from ..models.diffeic.config import COMPRESSOR_STRIDE
 from ..models.diffeic.model import DiffEICModel, load_diffeic
+from ..models.memory import backbone_decode_bytes, backbone_encode_bytes, conv_pass_bytes
 from ..sampling.ddim import Denoiser, SamplerConfig, check_steps, ddim_sample, output_to_epsilon
 from ..weights import rate_point_folder, shipped_rate_point_lambdas
 from .base import Codec, CompressOptions
@@ -190,12 +191,27 @@ class DiffEICCodec(Codec):
         check_steps(self.backbone, s.steps)
         return s
 
+    def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
+        quality = self._key(self.param(bs, "q", int)) if bs is not None else (0 if self.explicit else self._estimate_quality())
+        model, b = self.model(quality), self.backbone
+        m = image_multiple(b)
+        hp, wp = -(-height // m) * m, -(-width // m) * m
+        if stage == "encode":
+            return backbone_encode_bytes(b, hp, wp, (model,), conv_pass_bytes(model.compressor.g_a1, hp, wp))
+        return backbone_decode_bytes(b, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config(), extra_modules=(model,))
+
+    def _estimate_quality(self) -> int:
+        """A rate point to size memory with (they share one architecture): the default if shipped, else any."""
+        available = self.available_qualities()
+        return DEFAULT_QUALITY if DEFAULT_QUALITY in available or not available else available[0]
+
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
         x = self.check_image(x, min_side=self.min_side)
         sampler = self._sampler(options)
         quality = self._quality(options)
         b = self.backbone
         h, w = x.shape[1:]
+        check_encode(lambda hh, ww: self.memory_estimate(hh, ww, "decode"), h, w, "codec B (diffeic)")
         xp, _ = pad_to_multiple(x[None], image_multiple(b))
         with torch.no_grad():
             z0 = b.encode(xp.to(b.device)).float()
@@ -264,8 +280,7 @@ class DiffEICCodec(Codec):
         cfg = model.config
         check_payload_bytes(len(y), cfg.M * (hp * 4 // COMPRESSOR_STRIDE) * (wp * 4 // COMPRESSOR_STRIDE), "y")  # stride 16
         check_payload_bytes(len(z), cfg.N * (hp // COMPRESSOR_STRIDE) * (wp // COMPRESSOR_STRIDE), "z")  # stride 64
-        check_decode(backbone_decode_bytes(self.backbone, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config()),
-                     f"this {bs.width}x{bs.height} diffeic file")
+        check_decode(self.memory_estimate(bs.height, bs.width, "decode", bs), f"this {bs.width}x{bs.height} diffeic file")
         return model.compressor.decompress({"y": y, "z": z}, (hp // COMPRESSOR_STRIDE, wp // COMPRESSOR_STRIDE))
 
     def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:

@@ -30,11 +30,12 @@ import torch
 from compressai.entropy_models import GaussianConditional
 
 from ..coding.bitstream import Bitstream, encode_bitstream
-from ..coding.budget import backbone_decode_bytes, check_decode, check_payload_bytes
+from ..coding.budget import check_decode, check_encode, check_payload_bytes
 from ..coding.range_coding import compress_gaussian, decompress_gaussian
 from ..data import crop_to, pad_to_multiple
 from ..errors import BitstreamError, ParameterError
 from ..guide import decode_guide
+from ..models.memory import backbone_decode_bytes, backbone_encode_bytes
 from ..sampling.consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
 from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample, unet_denoiser
 from ..sampling.guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
@@ -174,9 +175,25 @@ class TextInvCodec(Codec):
         return invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
 
     # ------------------------------------------------------------------ codec
+    def _decode_bytes(self, height: int, width: int, guidance_scale: float, guidance: CompressionGuidanceConfig) -> int:
+        """Computed peak of decoding: the UNet's batch doubles under classifier-free guidance, and compression
+        guidance keeps the decoder's (mode ``fast``) or also the UNet's (``full``) maps for its backward pass."""
+        batch = 2 if guidance_scale != 1.0 else 1
+        return backbone_decode_bytes(self.backbone, height, width, batch, grad=guidance.backward if guidance.scale > 0 else "none")
+
+    def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
+        if stage == "encode":
+            return backbone_encode_bytes(self.backbone, height, width)
+        if bs is not None:
+            cfg = self.decode_parameters(bs)[0]
+            return self._decode_bytes(height, width, cfg.sampler.guidance_scale, cfg.guidance)
+        return self._decode_bytes(height, width, self.config.sampler.guidance_scale, self.config.guidance)
+
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
         x = self.check_image(x, min_side=self.min_side)
         cfg = self._config_for(options)
+        check_encode(lambda hh, ww: self._decode_bytes(hh, ww, cfg.sampler.guidance_scale, cfg.guidance),
+                     *x.shape[1:], "codec A (textinv)")
         inv = replace(cfg.inversion, seed=options.seed)
         if options.inversion_steps is not None:
             inv = replace(inv, steps=options.inversion_steps)
@@ -232,9 +249,7 @@ class TextInvCodec(Codec):
                 "decode with the prior that made it (TextInvConfig.prior_path / --prior)"
             )
         check_payload_bytes(len(self.section(bs, "emb")), p("nt", int) * self.backbone.cond_dim, "embedding")
-        batch = 2 if sampler.guidance_scale != 1.0 else 1
-        check_decode(backbone_decode_bytes(self.backbone, bs.height, bs.width, batch, grad=guidance.backward),
-                     f"this {bs.width}x{bs.height} textinv file")
+        check_decode(self._decode_bytes(bs.height, bs.width, sampler.guidance_scale, guidance), f"this {bs.width}x{bs.height} textinv file")
         return (replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion, consistency=consistency),
                 delta, p("nt", int), factor)
 

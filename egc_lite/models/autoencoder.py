@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ModelNotFoundError
 from .taef2 import TAEF2
+from .tiling import AUTOENCODER_TILING, TilingConfig, is_tileable, receptive_radius, run_tiled
 
 #: The classes a ``vae/`` folder may name in its ``config.json`` (``_class_name``).
 VAE_CLASSES: dict[str, type] = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "TAEF2": TAEF2}
@@ -41,6 +42,27 @@ def vae_latent(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``AutoencoderKL``, the output of an ``AutoencoderTiny``."""
     out = vae.encode(x)
     return out.latents if is_tiny(vae) else out.latent_dist.mean
+
+
+def encode_tiled(vae: nn.Module, x: torch.Tensor, config: TilingConfig = AUTOENCODER_TILING) -> torch.Tensor:
+    """:func:`vae_latent` of ``x``, window by window on a large image where the encoder is convolutions
+    only (exact, :mod:`.tiling`); whole otherwise."""
+    if not is_tiny(vae) or not is_tileable(vae.encoder):
+        return vae_latent(vae, x)
+    f = vae_downsampling(vae.config)
+    radius, _ = receptive_radius(vae.encoder)
+    return run_tiled(lambda part: vae_latent(vae, part), x, radius, 1 / f, f, config, desc="VAE encoder tiles")
+
+
+def decode_tiled(vae: nn.Module, z: torch.Tensor, config: TilingConfig = AUTOENCODER_TILING) -> torch.Tensor:
+    """``vae.decode(z).sample``, window by window (``config`` in image pixels) on a large image where the
+    decoder is convolutions only (exact, :mod:`.tiling`); whole otherwise."""
+    if not is_tiny(vae) or not is_tileable(vae.decoder):
+        return vae.decode(z).sample
+    f = vae_downsampling(vae.config)
+    radius, _ = receptive_radius(vae.decoder)
+    latent_config = TilingConfig(core=max(1, config.core // f), min_side=config.min_side // f)
+    return run_tiled(lambda part: vae.decode(part).sample, z, radius, f, 1, latent_config, desc="VAE decoder tiles")
 
 
 def vae_downsampling(config) -> int:

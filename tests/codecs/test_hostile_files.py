@@ -139,21 +139,20 @@ def test_a_header_size_beside_payloads_of_another_image_is_refused_before_decodi
 
 
 def test_budget_estimate_grows_with_the_claimed_size(tiny_backbone):
-    from egc_lite.coding.budget import backbone_decode_bytes
+    from egc_lite.models.memory import backbone_decode_bytes
 
     small = backbone_decode_bytes(tiny_backbone, 64, 64)
     wide = backbone_decode_bytes(tiny_backbone, 64, 65535)
-    assert wide > 1000 * small
+    assert wide > small + 200 * 2**20  # a thousand times the pixels: hundreds of MiB more
 
 
 def test_budget_counts_the_backward_pass_of_each_guidance_mode(tiny_backbone):
     """fast keeps the decoder's maps for a backward pass, full also the UNet's: none < decoder < all."""
-    from egc_lite.coding.budget import backbone_decode_bytes
+    from egc_lite.models.memory import backbone_decode_bytes
     from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
     none, dec, full = (backbone_decode_bytes(tiny_backbone, 256, 256, grad=CompressionGuidanceConfig(mode=m).backward)
                        for m in ("latent", "fast", "full"))
     assert none < dec < full
-    assert full == 3 * none
     with pytest.raises(ValueError, match="grad"):
         backbone_decode_bytes(tiny_backbone, 64, 64, grad=True)

@@ -24,6 +24,7 @@ from compressai.layers import GDN
 from torch import nn
 
 from ...errors import BitstreamError, ParameterError
+from ..tiling import receptive_radius, run_tiled
 from .config import COMPRESSOR_STRIDE, DiffEICConfig, check_compressor_options
 from .layers import AnalysisSFT, CheckerboardContext, HyperAnalysisSFT, _conv, _deconv
 
@@ -96,8 +97,9 @@ class LatentCompressor(nn.Module):
 
     # -- pieces
     def analysis(self, x: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
-        """:math:`y = g_a(x, z_0)` (stride 16)."""
-        h = self.g_a1(x * 2 - 1)
+        """:math:`y = g_a(x, z_0)` (stride 16); its full-resolution part window by window on a large image
+        (exact: :mod:`egc_lite.models.tiling`)."""
+        h = run_tiled(self.g_a1, x * 2 - 1, receptive_radius(self.g_a1)[0], 1 / 8, 8, desc="analysis tiles")
         if not self.use_z0:
             return self.g_a2(h)
         if z0 is None:
