@@ -53,6 +53,7 @@ from ..models.diffeic.config import COMPRESSOR_STRIDE
 from ..models.diffeic.model import DiffEICModel, load_diffeic
 from ..models.memory import backbone_decode_bytes, backbone_encode_bytes, conv_pass_bytes
 from ..sampling.ddim import Denoiser, SamplerConfig, check_steps, ddim_sample, output_to_epsilon
+from ..sampling.tiled import Window, latent_multiple, tiled_denoiser
 from ..weights import rate_point_folder, shipped_rate_point_lambdas
 from .base import Codec, CompressOptions
 
@@ -96,15 +97,17 @@ def default_start_step(steps: int) -> int:
 def steered_denoiser(model: DiffEICModel, backbone, c: torch.Tensor) -> Denoiser:
     """A :class:`~egc_lite.sampling.ddim.Denoiser` for :func:`~egc_lite.sampling.ddim.ddim_sample`: the frozen UNet
     steered by ``c`` through ``model``'s control module, both under the backbone's inference precision
-    (:meth:`~egc_lite.backbone.Backbone.inference_autocast`); ``c`` itself was decoded in float32."""
+    (:meth:`~egc_lite.backbone.Backbone.inference_autocast`); ``c`` itself was decoded in float32. A large latent is
+    denoised in tiles (:mod:`egc_lite.sampling.tiled`), the control module reading the same window of ``c``."""
 
-    def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def denoise(z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, window: Window) -> torch.Tensor:
+        y0, y1, x0, x1 = window
         with torch.no_grad():
             with backbone.inference_autocast():
-                eps = model.predict_noise(backbone.unet, z_t, t, cond, c)
+                eps = model.predict_noise(backbone.unet, z_t, t, cond, c[..., y0:y1, x0:x1])
             return output_to_epsilon(backbone, eps, z_t.float(), t)
 
-    return denoise
+    return tiled_denoiser(denoise, latent_multiple(backbone))
 
 
 def image_multiple(backbone) -> int:

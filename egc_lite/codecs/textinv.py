@@ -37,8 +37,9 @@ from ..errors import BitstreamError, ParameterError
 from ..guide import decode_guide
 from ..models.memory import backbone_decode_bytes, backbone_encode_bytes
 from ..sampling.consistency import CONSISTENCY_MODES, MAX_BLOCK, ConsistencyConfig, ilvr_hook, pixel_projection
-from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample, unet_denoiser
+from ..sampling.ddim import SamplerConfig, check_steps, ddim_sample
 from ..sampling.guidance import GUIDANCE_MODES, CompressionGuidanceConfig, compression_guidance, guide_latent
+from ..sampling.tiled import tiled_unet_denoiser
 from ..weights import TEXTINV_TABLES
 from .base import Codec, CompressOptions
 from .guide_codec import best_guide
@@ -279,7 +280,7 @@ class TextInvCodec(Codec):
         if guidance_scale is not None:
             sampler = replace(sampler, guidance_scale=guidance_scale)
         gcfg = guidance or cfg.guidance
-        denoiser = unet_denoiser(b)
+        denoiser = tiled_unet_denoiser(b)  # windows of a large latent (egc_lite.sampling.tiled)
         hook = compression_guidance(b, guide_small, (bs.height, bs.width), factor, gcfg, sampler.steps, denoiser)
         hook = hook if gcfg.scale > 0 else None
         ccfg = consistency or cfg.consistency
