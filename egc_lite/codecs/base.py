@@ -79,6 +79,15 @@ class Codec(ABC):
 
         return RUNTIME_BYTES + image_bytes(height, width)
 
+    def unet_window(self, height: int, width: int) -> tuple[int, int] | None:
+        """The latent window a tiled UNet pass runs on for this image size (:mod:`egc_lite.sampling.tiled`), or None."""
+        from ..sampling.tiled import current_tiles, needs_tiling
+
+        m = self.backbone.size_multiple
+        h, w = -(-height // m) * m // self.backbone.vae_factor, -(-width // m) * m // self.backbone.vae_factor
+        tiles = current_tiles()
+        return (tiles.tile, tiles.tile) if needs_tiling(h, w, tiles) else None
+
     # helpers shared by the codecs
     @staticmethod
     def check_image(x: torch.Tensor, multiple: int = 1, min_side: int = 1) -> torch.Tensor:

@@ -196,12 +196,16 @@ class DiffEICCodec(Codec):
 
     def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
         quality = self._key(self.param(bs, "q", int)) if bs is not None else (0 if self.explicit else self._estimate_quality())
+        return self._memory(height, width, stage, quality)
+
+    def _memory(self, height: int, width: int, stage: str, quality: int) -> int:
         model, b = self.model(quality), self.backbone
         m = image_multiple(b)
         hp, wp = -(-height // m) * m, -(-width // m) * m
         if stage == "encode":
             return backbone_encode_bytes(b, hp, wp, (model,), conv_pass_bytes(model.compressor.g_a1, hp, wp))
-        return backbone_decode_bytes(b, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config(), extra_modules=(model,))
+        return backbone_decode_bytes(b, hp, wp, batch=1, extra_unet_cfg=model.control.budget_config(), extra_modules=(model,),
+                                     unet_window=self.unet_window(hp, wp))
 
     def _estimate_quality(self) -> int:
         """A rate point to size memory with (they share one architecture): the default if shipped, else any."""
@@ -214,7 +218,8 @@ class DiffEICCodec(Codec):
         quality = self._quality(options)
         b = self.backbone
         h, w = x.shape[1:]
-        check_encode(lambda hh, ww: self.memory_estimate(hh, ww, "decode"), h, w, "codec B (diffeic)")
+        sized = quality if quality is not None else self._estimate_quality()  # rate points share one architecture
+        check_encode(lambda hh, ww: self._memory(hh, ww, "decode", sized), h, w, "codec B (diffeic)")
         xp, _ = pad_to_multiple(x[None], image_multiple(b))
         with torch.no_grad():
             z0 = b.encode(xp.to(b.device)).float()

@@ -180,7 +180,8 @@ class TextInvCodec(Codec):
         """Computed peak of decoding: the UNet's batch doubles under classifier-free guidance, and compression
         guidance keeps the decoder's (mode ``fast``) or also the UNet's (``full``) maps for its backward pass."""
         batch = 2 if guidance_scale != 1.0 else 1
-        return backbone_decode_bytes(self.backbone, height, width, batch, grad=guidance.backward if guidance.scale > 0 else "none")
+        grad = guidance.backward if guidance.scale > 0 else "none"
+        return backbone_decode_bytes(self.backbone, height, width, batch, grad=grad, unet_window=self.unet_window(height, width))
 
     def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
         if stage == "encode":

@@ -68,9 +68,9 @@ def check_encode(estimate_for, height: int, width: int, what: str) -> None:
     if need > budget:
         fits = largest_fitting_megapixels(estimate_for, height, width)
         raise ImageError(
-            f"this {width}x{height} photo would need about {need / GIB:.1f} GiB to decode with {what}, more than the "
-            f"{budget / GIB:.1f} GiB decode budget of this machine, so the file would not open here: resize it to about "
-            f"{fits:.1f} megapixels or less, use another codec, or raise EGC_DECODE_BUDGET_GB if this machine has the memory"
+            f"this {width}x{height} photo would need about {need / GIB:.2f} GiB to decode with {what}, more than the "
+            f"{budget / GIB:.2f} GiB decode budget of this machine, so the file would not open here: resize it to about "
+            f"{fits:.2g} megapixels or less, use another codec, or raise EGC_DECODE_BUDGET_GB if this machine has the memory"
         )
 
 

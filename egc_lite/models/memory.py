@@ -147,9 +147,13 @@ def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, gra
     decoder = getattr(backbone.vae, "decoder", None)
     if grad == "none":
         vae = vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt, decoder)
-    else:  # a backward pass through the decoder holds the whole image's maps (no tiling)
+    elif grad == "decoder":  # guidance's gradient through the decoder, window by window where it tiles
+        vae = 3 * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt, decoder)
+    else:  # through the UNet and the whole image's decoder maps
         vae = 3 * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt)
-    stage = max((3 if grad == "all" else 1) * unet + (vae if grad != "none" else 0), vae)
+    if grad == "all":  # the backward pass through the UNet holds every window's maps: the whole latent's
+        unet = unet_bytes(dict(backbone.unet.config), h, w, batch, elt) * 3
+    stage = max(unet + (vae if grad != "none" else 0), vae)
     weights = module_bytes(backbone.unet, backbone.vae, *extra_modules)
     return RUNTIME_BYTES + weights + image_bytes(hp, wp) + stage
 

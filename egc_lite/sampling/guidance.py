@@ -85,6 +85,50 @@ def guide_loss(backbone: Backbone, z0: torch.Tensor, guide_small: torch.Tensor, 
     return (degrade(x, factor) - guide_small.to(x)).pow(2).sum()
 
 
+def guide_gradient_tiles(backbone: Backbone, size: tuple[int, int]) -> bool:
+    """Whether :func:`tiled_guide_gradient` applies: a large image and a convolution-only decoder."""
+    from ..models.tiling import AUTOENCODER_TILING, is_tileable
+
+    decoder = getattr(backbone.vae, "decoder", None)
+    return AUTOENCODER_TILING.wants_tiles(*size) and decoder is not None and is_tileable(decoder)
+
+
+def tiled_guide_gradient(backbone: Backbone, z0: torch.Tensor, guide_small: torch.Tensor, size: tuple[int, int],
+                         factor: int) -> torch.Tensor:
+    """:math:`\nabla_{\\hat z_0}` of :func:`guide_loss`, window by window (mode ``fast`` on a large image).
+
+    The loss is a sum over guide pixels, so it splits over windows whose cores are whole guide blocks; each
+    core's pixels depend only on its window of latent (core plus the decoder's receptive radius,
+    :mod:`egc_lite.models.tiling`), so the summed window gradients are the whole gradient, exactly, while the
+    decoder's maps are held for one window at a time.
+    """
+    from ..models.tiling import AUTOENCODER_TILING, receptive_radius, windows
+
+    f = backbone.vae_factor
+    decoder = backbone.vae.decoder
+    halo = int(-(-receptive_radius(decoder)[0] // 1))
+    align = max(1, -(-factor // f))  # latent pixels per guide block, rounded up: cores hold whole blocks
+    while (align * f) % factor:
+        align += 1
+    core = max(align, AUTOENCODER_TILING.core // f)
+    h, w = z0.shape[-2:]
+    grad = torch.zeros_like(z0, dtype=torch.float32)
+    for y0, y1 in windows(h, core, align):
+        for x0, x1 in windows(w, core, align):
+            a0, b0, a1, b1 = max(y0 - halo, 0), max(x0 - halo, 0), min(y1 + halo, h), min(x1 + halo, w)
+            py0, py1, px0, px1 = y0 * f, min(y1 * f, size[0]), x0 * f, min(x1 * f, size[1])
+            if py0 >= py1 or px0 >= px1:
+                continue  # padding only
+            with torch.enable_grad():
+                zw = z0[..., a0:a1, b0:b1].detach().requires_grad_(True)
+                x = backbone.decode(zw)[..., py0 - a0 * f:py1 - a0 * f, px0 - b0 * f:px1 - b0 * f]
+                target = guide_small[..., py0 // factor:-(-py1 // factor), px0 // factor:-(-px1 // factor)]
+                loss = (degrade(x, factor) - target.to(x)).pow(2).sum()
+                (gw,) = torch.autograd.grad(loss, zw)
+            grad[..., a0:a1, b0:b1] += gw.float()
+    return grad
+
+
 def guide_latent(backbone: Backbone, guide_small: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
     """:math:`z_g = \\mathcal{E}(\\mathrm{up}(\\hat x_g))` at the padded latent size (1, C, h, w), float32."""
     if guide_small.dim() == 3:
@@ -111,6 +155,7 @@ def compression_guidance(
     if guide_small.dim() == 3:
         guide_small = guide_small[None]
 
+    tiled = config.mode == "fast" and guide_gradient_tiles(backbone, size)
     target_latent = None
     if config.mode == "latent":
         k = max(1, factor // backbone.vae_factor)
@@ -136,6 +181,9 @@ def compression_guidance(
                     eps = eps_u + state.guidance_scale * (eps_c - eps_u)
                 else:
                     eps = denoiser(z_t, tt, state.cond)
+            elif tiled:  # the clean estimate is linear in z_t: its gradient over sqrt(alpha_bar) is z_t's
+                z0 = predict_z0(state.z_t, state.eps, state.a_t)
+                return -config.scale * tiled_guide_gradient(backbone, z0, guide_small.expand(z0.shape[0], -1, -1, -1), size, factor)
             else:
                 eps = state.eps.detach()
             z0 = predict_z0(z_t, eps, state.a_t)

@@ -358,3 +358,18 @@ def test_denoiser_runs_control_and_unet_under_the_backbones_precision(kind, tiny
         plain = unet_denoiser(b32)(z, t, b32.null_cond)  # the UNet alone: what the control adds
     assert e16.dtype == torch.float32 and float((e16 - e32).abs().max()) > 0
     assert float((e16 - e32).pow(2).mean().sqrt()) < 0.05 * float((e32 - plain).pow(2).mean().sqrt())
+
+
+def test_what_the_encoder_writes_the_same_machine_decodes(monkeypatch, codec, smooth_image):
+    """With the budget set to what a 192x256 photo needs, that photo (the largest of its shape the budget allows)
+    goes through both ways, and a photo twice as large is refused before anything is written, saying what fits."""
+    from egc_lite.coding.budget import GIB, largest_fitting_megapixels
+    from egc_lite.errors import ImageError
+
+    need = codec.memory_estimate(192, 256, "decode")
+    monkeypatch.setenv("EGC_DECODE_BUDGET_GB", str(need / GIB))
+    assert largest_fitting_megapixels(lambda h, w: codec.memory_estimate(h, w, "decode"), 192, 256) >= 0.99 * 192 * 256 / 1e6
+    bs = decode_bitstream(encode_bitstream(codec.compress(smooth_image(192, 256, seed=4), CompressOptions(steps=2))))
+    assert codec.decompress(bs).shape == (3, 192, 256)
+    with pytest.raises(ImageError, match=r"512x384 photo .* decode budget .* resize it to about 0\.0[45]\d* megapixels"):
+        codec.compress(smooth_image(384, 512, seed=4), CompressOptions(steps=2))

@@ -111,3 +111,24 @@ def test_bf16_guided_sampling_ends_nearer_the_guide(tiny_by_precision, mode):
                 err[p, scale] = float((degrade(b.decode(z0), 8) - target).pow(2).mean())
     assert err["bf16", 60.0] < 0.8 * err["bf16", 0.0], err
     assert abs(err["bf16", 60.0] - err["fp32", 60.0]) < 0.05 * err["fp32", 60.0], err
+
+
+def test_the_window_by_window_guidance_gradient_is_the_whole_images(monkeypatch):
+    """Mode fast on a large image: the summed window gradients equal the whole-image gradient of the guide loss."""
+    import egc_lite.models.tiling as tiling
+    from egc_lite.backbone import tiny_random_backbone
+    from egc_lite.guide import degrade
+    from egc_lite.models.tiny import TEST_TINY_AE_CONFIG
+    from egc_lite.sampling.guidance import guide_gradient_tiles, guide_loss, tiled_guide_gradient
+
+    backbone = tiny_random_backbone(seed=2, cfg=TEST_TINY_AE_CONFIG, precision="fp32")
+    size = (100, 140)  # not a multiple of the factor: the last guide blocks are padded, as in the whole pass
+    monkeypatch.setattr(tiling, "AUTOENCODER_TILING", tiling.TilingConfig(core=32, min_side=64))
+    assert guide_gradient_tiles(backbone, size)
+    z0 = torch.randn(1, backbone.latent_channels, 16, 24, generator=torch.Generator().manual_seed(0))
+    for factor in (4, 16):
+        guide = degrade(torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1)), factor)
+        z = z0.clone().requires_grad_(True)
+        (whole,) = torch.autograd.grad(guide_loss(backbone, z, guide, size, factor), z)
+        tiled = tiled_guide_gradient(backbone, z0, guide, size, factor)
+        assert torch.allclose(tiled, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
