@@ -3,9 +3,9 @@
     python benchmarks/memory_budget.py [--codecs guide diffeic textinv] [--megapixels 0.1 1 3 12]
                                        [--steps 10] [--modes fast latent]
 
-Every encode and every decode runs in a fresh process (``resource.getrusage``'s ``ru_maxrss``: the
-kernel's own peak of the resident set, so no spike is missed; on CUDA the allocator's peak is added as
-its own column). The photo is a training photo (``$EGC_DATA/photos-train``, else the embedded
+Every encode and every decode runs in a fresh process whose peak resident set the kernel keeps
+(:func:`egc_lite.evaluate.memory.process_peak_bytes`, ``VmHWM``: no spike is missed; on CUDA the allocator's
+peak is added as its own column). The photo is a training photo (``$EGC_DATA/photos-train``, else the embedded
 ``coffee.png``) resized to a 4:3 frame of the given megapixels. Beside each measured peak: the
 kit's computed estimate (:func:`egc_lite.codecs.base.Codec.memory_estimate`, what the encoder checks
 before writing and the decoder before decoding) and their ratio, which should lie in [1, 1.5].
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,10 +46,12 @@ def child(args: argparse.Namespace) -> None:
 
     from egc_lite.codecs import CompressOptions, load_codec
     from egc_lite.coding.bitstream import decode_bitstream, encode_bitstream
-    from egc_lite.sampling.guidance import CompressionGuidanceConfig
+    from egc_lite.evaluate.memory import process_peak_bytes
 
     codec = load_codec(args.codec, device=args.device)
     if args.codec == "textinv" and args.mode:
+        from egc_lite.sampling.guidance import CompressionGuidanceConfig
+
         codec.config.guidance = CompressionGuidanceConfig(mode=args.mode, scale=codec.config.guidance.scale,
                                                          every=codec.config.guidance.every, until=codec.config.guidance.until)
     cuda = torch.device(args.device).type == "cuda" if args.device != "auto" else torch.cuda.is_available()
@@ -72,7 +73,7 @@ def child(args: argparse.Namespace) -> None:
         estimate = codec.memory_estimate(bs.height, bs.width, "decode", bs)
         codec.decompress(bs)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = process_peak_bytes()
     cuda_peak = torch.cuda.max_memory_allocated() if cuda else None
     print(json.dumps({"size": f"{bs.width}x{bs.height}", "peak": peak, "cuda_peak": cuda_peak, "estimate": estimate,
                       "seconds": seconds}))

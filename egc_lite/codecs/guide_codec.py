@@ -75,11 +75,11 @@ class GuideCodec(Codec):
         return self._stream(x, cfg, data)
 
     def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
-        """The process, plus whole-image float32 copies: 10 while the encoder searches factors and qualities
+        """The process (torch without diffusers), plus whole-image float32 copies: 10 while the encoder searches factors and qualities
         (measured 9.3 at 12 megapixels), 2 while decoding (the upsampled image and its clamped copy)."""
-        from ..models.memory import RUNTIME_BYTES, image_bytes
+        from ..models.memory import TORCH_RUNTIME_BYTES, image_bytes
 
-        return RUNTIME_BYTES + image_bytes(height, width, 10 if stage == "encode" else 2)
+        return TORCH_RUNTIME_BYTES + image_bytes(height, width, 10 if stage == "encode" else 2)
 
     def decompress(self, bs: Bitstream, sample: int = 0) -> torch.Tensor:
         self.check_stream(bs)

@@ -46,3 +46,22 @@ class PeakMemory:
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
+
+
+def process_peak_bytes() -> int:
+    """This process's peak resident memory since it started its program: ``VmHWM`` of ``/proc/self/status``
+    on Linux (``ru_maxrss`` there also counts the memory of the parent a subprocess was forked from, up to
+    its ``exec``), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+

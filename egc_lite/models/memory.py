@@ -25,9 +25,11 @@ from torch import nn
 from .tiling import AUTOENCODER_TILING, is_tileable, receptive_radius
 
 GIB = 2**30
-#: The process before any weights: Python, torch, diffusers, compressai and their libraries (1.1-1.4 GiB
-#: resident measured on Linux x86-64 with the guide codec and with codec B loaded).
+#: The process before any weights: Python, torch, diffusers, compressai and their libraries (1.3-1.4 GiB
+#: resident measured on Linux x86-64 with codec B's rate point loaded).
 RUNTIME_BYTES = int(1.45 * GIB)
+#: The same without diffusers (the guide codec imports torch and the image codecs only: 0.75 GiB measured).
+TORCH_RUNTIME_BYTES = int(0.85 * GIB)
 #: Whole-image float32 RGB tensors alive at once around coding (fitted on measured peaks, rounded up).
 IMAGE_COPIES = 6
 #: Feature maps alive per UNet / control-module level during one pass (fitted on egc-tiny, rounded up).
