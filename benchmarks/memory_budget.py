@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 GIB = 2**30
@@ -52,8 +53,9 @@ def child(args: argparse.Namespace) -> None:
     if args.codec == "textinv" and args.mode:
         from egc_lite.sampling.guidance import CompressionGuidanceConfig
 
-        codec.config.guidance = CompressionGuidanceConfig(mode=args.mode, scale=codec.config.guidance.scale,
-                                                         every=codec.config.guidance.every, until=codec.config.guidance.until)
+        g = codec.config.guidance
+        codec.config = replace(codec.config, guidance=CompressionGuidanceConfig(mode=args.mode, scale=g.scale, every=g.every,
+                                                                                until=g.until))
     cuda = torch.device(args.device).type == "cuda" if args.device != "auto" else torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
