@@ -60,8 +60,8 @@ BOOK_ARGS ?=
 book: $(STAMP)
 	EGC_PROGRESS=0 $(PY) -m egc_lite.evaluate.book $(BOOK_DIR) --notebooks notebooks $(BOOK_ARGS)
 
-# Notebook 02's widget panel in JupyterLab driven by headless Chromium (tests/test_widgets_browser.py,
-# about 2 minutes). Installs what it needs: Debian's chromium with apt (root or sudo; Playwright's own
+# The widget panels of notebooks 02, 03 and 04 in JupyterLab driven by headless Chromium
+# (tests/test_widgets_browser.py, 1 to 2 minutes each). Installs what it needs: Debian's chromium with apt (root or sudo; Playwright's own
 # browser download is not used) and the playwright package when the venv lacks it. Here a missing
 # browser fails the test; in `make test` the same test skips when chromium or playwright is absent.
 CHROMIUM ?= /usr/bin/chromium

@@ -129,24 +129,25 @@ class ControlPanel:
         return dict(image=img8, psnr=psnr, seconds=sec, start_step=int(start_step), scale=float(scale))
 
     def widget(self, scale_range=(0.0, 1.5, 0.25)):
-        """Two sliders (start step, control scale), the image and a line of numbers."""
+        """Two sliders (start step, control scale), a line of numbers and the image."""
         import ipywidgets as W
         from PIL import Image
 
-        k = W.IntSlider(value=self.start, min=0, max=self.steps - 1, description="start step")
-        s = W.FloatSlider(value=1.0, min=scale_range[0], max=scale_range[1], step=scale_range[2], description="control ×")
+        k = W.IntSlider(value=self.start, min=0, max=self.steps - 1, description="start step", continuous_update=False)
+        s = W.FloatSlider(value=1.0, min=scale_range[0], max=scale_range[1], step=scale_range[2], description="control",
+                          continuous_update=False)
         img = W.Image(format="png")
-        line = W.HTML()
+        line = W.Label()
 
         def redraw(_=None):
             r = self.render(k.value, s.value)
             buf = io.BytesIO()
             Image.fromarray((r["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
             img.value = buf.getvalue()
-            line.value = (f"start step {r['start_step']} of {self.steps} ({self.steps - r['start_step']} run), control × {r['scale']:g}: "
+            line.value = (f"start={r['start_step']} of {self.steps} ({self.steps - r['start_step']} run), control={r['scale']:g}: "
                           f"PSNR {r['psnr']:.2f} dB, decoded in {r['seconds']:.1f} s")
 
         k.observe(redraw, names="value")
         s.observe(redraw, names="value")
         redraw()
-        return W.VBox([W.HBox([k, s]), img, line])
+        return W.VBox([W.HBox([k, s]), line, img])

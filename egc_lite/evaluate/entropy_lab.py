@@ -184,16 +184,18 @@ class StepPanel:
         return dict(image=img8, bits=bits, bpp=bits / (H * W), psnr=psnr, quality=quality, step=float(step))
 
     def widget(self, steps=(0.5, 4.0, 0.25)):
-        """The ipywidgets panel: a rate-point dropdown, a step slider, the image and a line of numbers."""
+        """The ipywidgets panel: a rate-point dropdown, a step slider, a line of numbers and the image."""
+        import io
+
         import ipywidgets as W
         from PIL import Image
-        import io
 
         q = W.Dropdown(options=sorted(self.models), value=sorted(self.models)[len(self.models) // 2],
                        description="rate point")
-        s = W.FloatSlider(value=1.0, min=steps[0], max=steps[1], step=steps[2], description="step Δ")
+        s = W.FloatSlider(value=1.0, min=steps[0], max=steps[1], step=steps[2], description="step",
+                          continuous_update=False)
         img = W.Image(format="png")
-        line = W.HTML()
+        line = W.Label()
 
         def redraw(_=None):
             r = self.render(q.value, s.value)
@@ -201,10 +203,10 @@ class StepPanel:
             arr = (r["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             Image.fromarray(arr).save(buf, format="PNG")
             img.value = buf.getvalue()
-            line.value = (f"q{r['quality']}, Δ = {r['step']:g}: {r['bits']:,.0f} bits = {r['bpp']:.4f} bpp "
+            line.value = (f"q{r['quality']}, step={r['step']:g}: {r['bits']:,.0f} bits = {r['bpp']:.4f} bpp "
                           f"(estimated, side information included), PSNR of D(c) {r['psnr']:.2f} dB")
 
         q.observe(redraw, names="value")
         s.observe(redraw, names="value")
         redraw()
-        return W.VBox([W.HBox([q, s]), img, line])
+        return W.VBox([W.HBox([q, s]), line, img])

@@ -58,9 +58,10 @@ def test_panel_render_and_widget(shipped):
     assert r["image"].shape == x.shape and r["psnr"] > 0
     box = panel.widget()
     start, scale = box.children[0].children
-    line = box.children[2]
-    assert f"start step {panel.start}" in line.value
+    line, image = box.children[1], box.children[2]
+    assert f"start={panel.start} " in line.value and "control=1:" in line.value
+    before = image.value
     scale.value = 0.5
-    assert "control × 0.5" in line.value
+    assert "control=0.5:" in line.value and image.value != before
     start.value = 0
-    assert "start step 0 " in line.value and f"({panel.steps} run)" in line.value
+    assert "start=0 " in line.value and f"({panel.steps} run)" in line.value

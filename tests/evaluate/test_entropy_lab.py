@@ -64,10 +64,10 @@ def test_step_panel(shipped):
     assert not torch.equal(coarse["image"], one["image"])
     box = panel.widget()
     dropdown, slider = box.children[0].children
-    image, line = box.children[1], box.children[2]
+    line, image = box.children[1], box.children[2]
     before = (image.value, line.value)
     slider.value = 3.0
-    assert "Δ = 3" in line.value and (image.value, line.value) != before
+    assert "step=3:" in line.value and (image.value, line.value) != before
     if len(models) > 1:
         dropdown.value = max(models)
         assert f"q{max(models)}" in line.value
