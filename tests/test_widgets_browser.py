@@ -4,7 +4,7 @@ For each notebook with a panel (02: ``GuidancePanel``, 03: ``StepPanel``, 04: ``
 starts JupyterLab on a free localhost port with a token, opens a copy of the notebook (its small test
 parameters injected by papermill, not executed) in headless Chromium driven by Playwright's Python
 API, runs all its cells, waits for the panel to render, moves one slider with the keyboard (arrow
-keys on the focused slider handle: 02's ``s_c``, 03's quantization ``step``, 04's ``control`` scale)
+keys on the focused slider handle: 02's ``s_c``, 03's quantization ``step``, 04's ``start step``)
 and checks that the kernel redrew the panel: the slider's readout, the metrics line and the image
 bytes all change. A screenshot of each panel goes to ``figures/NN_widgets_browser.png``.
 
@@ -34,18 +34,21 @@ import pytest
 from tests.test_notebooks import KERNEL_NAME, NOTEBOOK_PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
-#: notebook -> (the description of the slider moved, how the panel's line shows that slider's value)
+#: notebook -> (the description of the slider moved, how the panel's line shows that slider's value, the
+#: arrow key pressed, parameters on top of the small test ones). 03 runs on the shipped rate points (its
+#: two-step model of the small parameters codes every symbol as 0 at any step); 04's small files decode
+#: one step from c, where the control barely matters, so its start step moves back to 0 (from noise).
 PANELS = {
-    "02_compression_guidance.ipynb": ("s_c", "s_c={:g} "),
-    "03_entropy_coding.ipynb": ("step", "step={:g}:"),
-    "04_control_module.ipynb": ("control", "control={:g}:"),
+    "02_compression_guidance.ipynb": ("s_c", "s_c={:g} ", "ArrowRight", {}),
+    "03_entropy_coding.ipynb": ("step", "step={:g}:", "ArrowRight", {"rate_points": "shipped"}),
+    "04_control_module.ipynb": ("start step", "start={:g} ", "ArrowLeft", {}),
 }
 CHROMIUM = os.environ.get("EGC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: Seconds allowed for: the server to answer, the notebook to run top to bottom, one redraw.
 SERVER_TIMEOUT, RUN_TIMEOUT, REDRAW_TIMEOUT = 120, 600, 120
-#: Keyboard presses on the s_c handle (each a step of the file's guidance mode, 0.01 in "latent").
+#: Keyboard presses on the handle (each one slider step; on 02 a step of the file's guidance mode, 0.01 in "latent").
 ARROW_PRESSES = 10
 
 
@@ -110,13 +113,13 @@ def _stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
                 proc.wait(timeout=10)
 
 
-def _parameterized_copy(dest: Path, name: str) -> Path:
+def _parameterized_copy(dest: Path, name: str, overrides: dict) -> Path:
     import nbformat
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     nb = load_notebook_node(str(REPO / "notebooks" / name))  # with the metadata papermill expects
-    nb = parameterize_notebook(nb, NOTEBOOK_PARAMETERS[name], kernel_name=KERNEL_NAME)
+    nb = parameterize_notebook(nb, {**NOTEBOOK_PARAMETERS[name], **overrides}, kernel_name=KERNEL_NAME)
     out = dest / name
     nbformat.write(nb, out)
     return out
@@ -185,8 +188,8 @@ def test_panel_in_browser(tmp_path: Path, notebook: str) -> None:
     t_start = time.monotonic()
     root = tmp_path / "lab"
     root.mkdir()
-    nb_path = _parameterized_copy(root, notebook)
-    description, shows = PANELS[notebook]
+    description, shows, key, overrides = PANELS[notebook]
+    nb_path = _parameterized_copy(root, notebook, overrides)
     screenshot = REPO / "figures" / f"{notebook[:2]}_widgets_browser.png"
 
     port, token = _free_port(), secrets.token_hex(16)
@@ -249,14 +252,15 @@ def test_panel_in_browser(tmp_path: Path, notebook: str) -> None:
                 assert shows.format(sc_before) in label_before, f"slider at {sc_before}, panel shows {label_before!r}"
                 assert image_before, "the panel's image is empty"
 
-                # Move s_c with the keyboard: focus the handle, press the right arrow key.
+                # Move the slider with the keyboard: focus the handle, press the arrow key.
                 handle = slider.locator(".noUi-handle")
                 handle.focus()
                 for _ in range(ARROW_PRESSES):
-                    handle.press("ArrowRight")
+                    handle.press(key)
                 expect(readout).not_to_have_text(readout_before, timeout=10_000)
                 sc_after = float(readout.text_content())
-                assert sc_after > sc_before, f"{description} did not move right: {sc_before} -> {sc_after}"
+                moved = sc_after > sc_before if key == "ArrowRight" else sc_after < sc_before
+                assert moved, f"{description} did not move with {key}: {sc_before} -> {sc_after}"
                 # The kernel redraws once per value it receives; wait for the label of the last one.
                 expect(label).to_contain_text(shows.format(sc_after), timeout=REDRAW_TIMEOUT * 1000)
                 page.wait_for_function(KERNEL_IDLE_JS, timeout=REDRAW_TIMEOUT * 1000)
