@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 LAB_ARGS ?=
 LOCK_ARGS ?=
 
-.PHONY: install demo lab test test-browser lock clean
+.PHONY: install demo lab test test-browser book lock clean
 
 install: $(STAMP)
 
@@ -51,8 +51,17 @@ lab: $(STAMP)
 test: $(STAMP)
 	EGC_PROGRESS=0 $(PY) -m pytest -q
 
-# Notebook 02's widget panel in JupyterLab driven by headless Chromium (tests/test_widgets_browser.py,
-# about 2 minutes). Installs what it needs: Debian's chromium with apt (root or sudo; Playwright's own
+# The notebooks executed with their default parameters and rendered as a static HTML site in book/
+# (git-ignored): book/index.html links one page per notebook and the figures each run wrote (into
+# book/figures, not the repository's figures/). About 10 minutes on one CPU thread.
+# `make book BOOK_ARGS="--copy-figures figures"` also refreshes the committed figures/0N_*.png.
+BOOK_DIR ?= book
+BOOK_ARGS ?=
+book: $(STAMP)
+	EGC_PROGRESS=0 $(PY) -m egc_lite.evaluate.book $(BOOK_DIR) --notebooks notebooks $(BOOK_ARGS)
+
+# The widget panels of notebooks 02, 03 and 04 in JupyterLab driven by headless Chromium
+# (tests/test_widgets_browser.py, 1 to 2 minutes each). Installs what it needs: Debian's chromium with apt (root or sudo; Playwright's own
 # browser download is not used) and the playwright package when the venv lacks it. Here a missing
 # browser fails the test; in `make test` the same test skips when chromium or playwright is absent.
 CHROMIUM ?= /usr/bin/chromium
@@ -73,4 +82,4 @@ lock:
 		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .hypothesis $(BOOK_DIR)

@@ -40,8 +40,8 @@ NOTEBOOK_PARAMETERS: dict[str, dict] = {
     "05_evaluation.ipynb": {"backbone": "egc-tiny", "n_images": 1, "max_side": 64, "classic": ["guide", "jpeg", "webp"],
                             "bpp_targets": [0.3], "diffeic_qualities": [1], "steps": 2, "inversion_steps": 3,
                             "gallery_bpp": 0.3, "crop": 48, "save_figures": False},
-    "06_sweeps.ipynb": {"grid": {"sc": [0.05, 0.2]}, "workers": 2, "engine": "dask", "save_figures": False,
-                        "fixed": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2, "sc_values": [0.1],
+    "06_sweeps.ipynb": {"grid": {"sc": [0.3, 1.0]}, "workers": 2, "engine": "dask", "save_figures": False,
+                        "fixed": {"backbone": "egc-tiny", "max_side": 64, "inversion_steps": 3, "steps": 2, "sc_values": [0.6],
                                   "sf_values": [1], "n_samples": 1, "save_figures": False}},
 }
 

@@ -1,11 +1,12 @@
-"""Notebook 02's guidance panel in a real browser: JupyterLab, headless Chromium, a moved slider.
+"""Every notebook's widget panel in a real browser: JupyterLab, headless Chromium, a moved slider.
 
-The test starts JupyterLab on a free localhost port with a token, opens a copy of notebook 02 (its
-small test parameters injected by papermill, not executed) in headless Chromium driven by
-Playwright's Python API, runs all its cells, waits for the ``GuidancePanel`` widget to render,
-moves the ``s_c`` slider with the keyboard (arrow keys on the focused slider handle) and checks
-that the kernel redrew the panel: the slider's readout, the metrics line and the image bytes all
-change. A screenshot of the panel goes to ``figures/02_widgets_browser.png``.
+For each notebook with a panel (02: ``GuidancePanel``, 03: ``StepPanel``, 04: ``ControlPanel``) the test
+starts JupyterLab on a free localhost port with a token, opens a copy of the notebook (its small test
+parameters injected by papermill, not executed) in headless Chromium driven by Playwright's Python
+API, runs all its cells, waits for the panel to render, moves one slider with the keyboard (arrow
+keys on the focused slider handle: 02's ``s_c``, 03's quantization ``step``, 04's ``start step``)
+and checks that the kernel redrew the panel: the slider's readout, the metrics line and the image
+bytes all change. A screenshot of each panel goes to ``figures/NN_widgets_browser.png``.
 
 It needs Debian's ``chromium`` (``/usr/bin/chromium``; Playwright's own browser download is not
 used) and the ``playwright`` package; ``make test-browser`` installs both and runs this test with
@@ -33,14 +34,21 @@ import pytest
 from tests.test_notebooks import KERNEL_NAME, NOTEBOOK_PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "02_compression_guidance.ipynb"
-SCREENSHOT = REPO / "figures" / "02_widgets_browser.png"
+#: notebook -> (the description of the slider moved, how the panel's line shows that slider's value, the
+#: arrow key pressed, parameters on top of the small test ones). 03 runs on the shipped rate points (its
+#: two-step model of the small parameters codes every symbol as 0 at any step); 04's small files decode
+#: one step from c, where the control barely matters, so its start step moves back to 0 (from noise).
+PANELS = {
+    "02_compression_guidance.ipynb": ("s_c", "s_c={:g} ", "ArrowRight", {}),
+    "03_entropy_coding.ipynb": ("step", "step={:g}:", "ArrowRight", {"rate_points": "shipped"}),
+    "04_control_module.ipynb": ("start step", "start={:g} ", "ArrowLeft", {}),
+}
 CHROMIUM = os.environ.get("EGC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: Seconds allowed for: the server to answer, the notebook to run top to bottom, one redraw.
 SERVER_TIMEOUT, RUN_TIMEOUT, REDRAW_TIMEOUT = 120, 600, 120
-#: Keyboard presses on the s_c handle (each a step of the file's guidance mode, 0.01 in "latent").
+#: Keyboard presses on the handle (each one slider step; on 02 a step of the file's guidance mode, 0.01 in "latent").
 ARROW_PRESSES = 10
 
 
@@ -105,14 +113,14 @@ def _stop_server(proc: subprocess.Popen, base: str, token: str) -> None:
                 proc.wait(timeout=10)
 
 
-def _parameterized_copy(dest: Path) -> Path:
+def _parameterized_copy(dest: Path, name: str, overrides: dict) -> Path:
     import nbformat
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    nb = load_notebook_node(str(NOTEBOOK))  # with the metadata papermill expects
-    nb = parameterize_notebook(nb, NOTEBOOK_PARAMETERS[NOTEBOOK.name], kernel_name=KERNEL_NAME)
-    out = dest / NOTEBOOK.name
+    nb = load_notebook_node(str(REPO / "notebooks" / name))  # with the metadata papermill expects
+    nb = parameterize_notebook(nb, {**NOTEBOOK_PARAMETERS[name], **overrides}, kernel_name=KERNEL_NAME)
+    out = dest / name
     nbformat.write(nb, out)
     return out
 
@@ -152,12 +160,12 @@ def _wait_notebook_done(page) -> dict:
         state = page.evaluate(CELL_STATES_JS)
         if state and state["cells"]:
             errors = [e for c in state["cells"] for e in c["errors"]]
-            assert not errors, f"a cell of notebook 02 raised: {errors}"
+            assert not errors, f"a cell of the notebook raised: {errors}"
             done = all(c["count"] is not None and "*" not in c["prompt"] for c in state["cells"])
             if done and state["kernel"] == "idle":
                 return state
         time.sleep(1)
-    pytest.fail(f"notebook 02 did not finish within {RUN_TIMEOUT} s; last state: {json.dumps(state)[:2000]}")
+    pytest.fail(f"the notebook did not finish within {RUN_TIMEOUT} s; last state: {json.dumps(state)[:2000]}")
 
 
 def _metrics(label: str) -> str:
@@ -167,7 +175,8 @@ def _metrics(label: str) -> str:
 
 
 @pytest.mark.slow
-def test_guidance_panel_in_browser(tmp_path: Path) -> None:
+@pytest.mark.parametrize("notebook", sorted(PANELS))
+def test_panel_in_browser(tmp_path: Path, notebook: str) -> None:
     reason = _missing()
     if reason:
         _skip_or_fail(reason)
@@ -179,7 +188,9 @@ def test_guidance_panel_in_browser(tmp_path: Path) -> None:
     t_start = time.monotonic()
     root = tmp_path / "lab"
     root.mkdir()
-    nb_path = _parameterized_copy(root)
+    description, shows, key, overrides = PANELS[notebook]
+    nb_path = _parameterized_copy(root, notebook, overrides)
+    screenshot = REPO / "figures" / f"{notebook[:2]}_widgets_browser.png"
 
     port, token = _free_port(), secrets.token_hex(16)
     base = f"http://127.0.0.1:{port}"
@@ -224,7 +235,8 @@ def test_guidance_panel_in_browser(tmp_path: Path) -> None:
                 t_run = time.monotonic()
 
                 # The panel: a VBox holding the two sliders, the metrics label and the image.
-                slider = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text="s_c"))
+                slider = page.locator(".widget-slider").filter(
+                    has=page.locator(".widget-label", has_text=re.compile(f"^{re.escape(description)}$")))
                 expect(slider).to_have_count(1, timeout=30_000)
                 panel = page.locator(".widget-vbox").filter(has=slider)
                 label = panel.locator(".widget-label").filter(has_text="PSNR")
@@ -237,19 +249,20 @@ def test_guidance_panel_in_browser(tmp_path: Path) -> None:
                 sc_before = float(readout_before)
                 image_before = image.evaluate(IMAGE_BYTES_JS)
                 assert image.evaluate("img => img.complete && img.naturalWidth > 0"), "the browser did not decode the panel's image"
-                assert f"s_c={sc_before:g} " in label_before, f"slider at {sc_before}, panel shows {label_before!r}"
+                assert shows.format(sc_before) in label_before, f"slider at {sc_before}, panel shows {label_before!r}"
                 assert image_before, "the panel's image is empty"
 
-                # Move s_c with the keyboard: focus the handle, press the right arrow key.
+                # Move the slider with the keyboard: focus the handle, press the arrow key.
                 handle = slider.locator(".noUi-handle")
                 handle.focus()
                 for _ in range(ARROW_PRESSES):
-                    handle.press("ArrowRight")
+                    handle.press(key)
                 expect(readout).not_to_have_text(readout_before, timeout=10_000)
                 sc_after = float(readout.text_content())
-                assert sc_after > sc_before, f"s_c did not move right: {sc_before} -> {sc_after}"
+                moved = sc_after > sc_before if key == "ArrowRight" else sc_after < sc_before
+                assert moved, f"{description} did not move with {key}: {sc_before} -> {sc_after}"
                 # The kernel redraws once per value it receives; wait for the label of the last one.
-                expect(label).to_contain_text(f"s_c={sc_after:g} ", timeout=REDRAW_TIMEOUT * 1000)
+                expect(label).to_contain_text(shows.format(sc_after), timeout=REDRAW_TIMEOUT * 1000)
                 page.wait_for_function(KERNEL_IDLE_JS, timeout=REDRAW_TIMEOUT * 1000)
                 label_after = label.text_content()
                 image_after = image.evaluate(IMAGE_BYTES_JS)
@@ -257,12 +270,12 @@ def test_guidance_panel_in_browser(tmp_path: Path) -> None:
                 assert image.evaluate("img => img.naturalWidth > 0"), "the browser did not decode the redrawn image"
                 t_moved = time.monotonic()
 
-                SCREENSHOT.parent.mkdir(exist_ok=True)
+                screenshot.parent.mkdir(exist_ok=True)
                 # the panel's code cell at the top of the view, its output (the panel) below it
                 cell = page.locator(".jp-CodeCell").filter(has=panel)
                 cell.evaluate("e => e.scrollIntoView({block: 'start'})")
                 page.wait_for_timeout(500)  # let the scroll settle before the picture
-                page.screenshot(path=str(SCREENSHOT))
+                page.screenshot(path=str(screenshot))
             finally:
                 browser.close()
     finally:
@@ -270,7 +283,7 @@ def test_guidance_panel_in_browser(tmp_path: Path) -> None:
 
     print(f"\nserver {t_server - t_start:.1f} s, page and kernel {t_kernel - t_server:.1f} s, notebook {t_run - t_kernel:.1f} s, "
           f"slider {t_moved - t_run:.1f} s; "
-          f"s_c {sc_before:g} -> {sc_after:g}\n  before: {label_before}\n  after:  {label_after}")
+          f"{description} {sc_before:g} -> {sc_after:g}\n  before: {label_before}\n  after:  {label_after}")
     assert _metrics(label_after) != _metrics(label_before), (
-        f"moving s_c from {sc_before:g} to {sc_after:g} left the metrics unchanged: {label_before!r} / {label_after!r}")
-    assert image_after != image_before, f"moving s_c from {sc_before:g} to {sc_after:g} left the panel's image unchanged"
+        f"moving {description} from {sc_before:g} to {sc_after:g} left the metrics unchanged: {label_before!r} / {label_after!r}")
+    assert image_after != image_before, f"moving {description} from {sc_before:g} to {sc_after:g} left the panel's image unchanged"
