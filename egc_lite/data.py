@@ -58,6 +58,7 @@ __all__ = [
     "pad_to_multiple",
     "pil_to_tensor",
     "save_image",
+    "png_bytes",
     "tensor_to_pil",
     "training_photos_dir",
 ]
@@ -213,6 +214,15 @@ def tensor_to_pil(x: Tensor) -> Image.Image:
     a = x.detach().to("cpu", torch.float32)
     a = torch.nan_to_num(a, nan=0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     return Image.fromarray(a.permute(1, 2, 0).contiguous().numpy())
+
+
+def png_bytes(x: Tensor) -> bytes:
+    """The PNG file of :func:`tensor_to_pil` ``(x)`` (what a notebook widget shows)."""
+    import io
+
+    buf = io.BytesIO()
+    tensor_to_pil(x).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_image(x: Tensor, path: str | os.PathLike) -> None:

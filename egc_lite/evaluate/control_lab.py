@@ -11,13 +11,12 @@ puts both knobs on sliders; :meth:`ControlPanel.render` runs without a browser.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
+from ..data import png_bytes
 from ..metrics import compute_metrics
 from ..models.diffeic.control import injection_names, injection_points
 from ..sampling.ddim import ddim_sample, output_to_epsilon
@@ -131,7 +130,6 @@ class ControlPanel:
     def widget(self, scale_range=(0.0, 1.5, 0.25)):
         """Two sliders (start step, control scale), a line of numbers and the image."""
         import ipywidgets as W
-        from PIL import Image
 
         k = W.IntSlider(value=self.start, min=0, max=self.steps - 1, description="start step", continuous_update=False)
         s = W.FloatSlider(value=1.0, min=scale_range[0], max=scale_range[1], step=scale_range[2], description="control",
@@ -141,9 +139,7 @@ class ControlPanel:
 
         def redraw(_=None):
             r = self.render(k.value, s.value)
-            buf = io.BytesIO()
-            Image.fromarray((r["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, format="PNG")
-            img.value = buf.getvalue()
+            img.value = png_bytes(r["image"])
             line.value = (f"start={r['start_step']} of {self.steps} ({self.steps - r['start_step']} run), control={r['scale']:g}: "
                           f"PSNR {r['psnr']:.2f} dB, decoded in {r['seconds']:.1f} s")
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..coding.entropy import estimate_bits_factorized, estimate_bits_gaussian
 from ..coding.range_coding import decompress_factorized
+from ..data import png_bytes
 from ..metrics import compute_metrics
 
 __all__ = ["CompressorLatents", "StepPanel", "compressor_latents", "quantise_with_step", "rate_breakdown"]
@@ -185,10 +185,8 @@ class StepPanel:
 
     def widget(self, steps=(0.5, 4.0, 0.25)):
         """The ipywidgets panel: a rate-point dropdown, a step slider, a line of numbers and the image."""
-        import io
 
         import ipywidgets as W
-        from PIL import Image
 
         q = W.Dropdown(options=sorted(self.models), value=sorted(self.models)[len(self.models) // 2],
                        description="rate point")
@@ -199,10 +197,7 @@ class StepPanel:
 
         def redraw(_=None):
             r = self.render(q.value, s.value)
-            buf = io.BytesIO()
-            arr = (r["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            Image.fromarray(arr).save(buf, format="PNG")
-            img.value = buf.getvalue()
+            img.value = png_bytes(r["image"])
             line.value = (f"q{r['quality']}, step={r['step']:g}: {r['bits']:,.0f} bits = {r['bpp']:.4f} bpp "
                           f"(estimated, side information included), PSNR of D(c) {r['psnr']:.2f} dB")
 

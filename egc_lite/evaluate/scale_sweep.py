@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..coding.bitstream import Bitstream
+from ..data import png_bytes
 from ..metrics import compute_metrics, metric_notes
 from ..progress import progress
 
@@ -115,11 +116,9 @@ class GuidancePanel:
 
     def widget(self):
         """The ipywidgets panel (sliders + image + metrics line)."""
-        import io
 
         import ipywidgets as W
 
-        from ..data import tensor_to_pil
 
         cfg, *_ = self.codec.decode_parameters(self.bs)
         sc = W.FloatSlider(value=cfg.guidance.scale, min=self.sc_range[0], max=self.sc_range[1], step=self.sc_range[2],
@@ -131,9 +130,7 @@ class GuidancePanel:
 
         def redraw(_=None):
             out = self.render(sc.value, sf.value)
-            buf = io.BytesIO()
-            tensor_to_pil(out["image"]).save(buf, format="PNG")
-            image.value = buf.getvalue()
+            image.value = png_bytes(out["image"])
             label.value = f"s_c={out['sc']:g}  s_f={out['sf']:g}  PSNR {out['psnr']:.2f} dB  MS-SSIM {out['ms_ssim']:.4f}"
 
         sc.observe(redraw, names="value")
