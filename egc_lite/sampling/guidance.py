@@ -70,7 +70,7 @@ class CompressionGuidanceConfig:
 
     @property
     def backward(self) -> str:
-        """What a guided step back-propagates through, as :func:`egc_lite.coding.budget.backbone_decode_bytes` counts it:
+        """What a guided step back-propagates through, as :func:`egc_lite.models.memory.backbone_decode_bytes` counts it:
         ``"decoder"`` (``fast``), ``"all"`` (``full``: the UNet too) or ``"none"`` (``latent``)."""
         return {"fast": "decoder", "full": "all", "latent": "none"}[self.mode]
 

@@ -204,7 +204,7 @@ class NarrowControlNet(nn.Module):
         return [*self.net.controlnet_down_blocks, self.net.controlnet_mid_block]
 
     def budget_config(self) -> dict:
-        """What :func:`~egc_lite.coding.budget.unet_bytes` needs to bound this module's memory."""
+        """What :func:`~egc_lite.models.memory.unet_bytes` needs to bound this module's memory."""
         return dict(self.net.config)
 
 
@@ -383,7 +383,7 @@ class CDDMControl(nn.Module):
         return [*self.enc_out, self.mid_out, *self.dec_out]
 
     def budget_config(self) -> dict:
-        """What :func:`~egc_lite.coding.budget.unet_bytes` needs to bound this module's memory."""
+        """What :func:`~egc_lite.models.memory.unet_bytes` needs to bound this module's memory."""
         return {"block_out_channels": list(self.widths), "down_block_types": self.down_block_types,
                 "num_attention_heads": list(self.heads)}
 
