@@ -6,5 +6,5 @@
   CPU in float32) over CompressAI's ``EntropyBottleneck`` and ``GaussianConditional``;
 * :mod:`.range_coding` — symbols to bytes and back with those tables (CompressAI's rANS, made safe);
 * :mod:`.classic` — JPEG, WebP and AVIF through Pillow, at a target rate (the guide image and the baselines);
-* :mod:`.budget` — the memory a file's decoding would need, checked before anything is allocated.
+* :mod:`.budget` — the memory budget: the decoder checks a file against it before allocating, the encoder before writing.
 """
