@@ -176,25 +176,29 @@ class TextInvCodec(Codec):
         return invert_embedding(self.backbone, z0, cfg.inversion, self.prior)
 
     # ------------------------------------------------------------------ codec
-    def _decode_bytes(self, height: int, width: int, guidance_scale: float, guidance: CompressionGuidanceConfig) -> int:
+    def _decode_bytes(self, height: int, width: int, guidance_scale: float, guidance: CompressionGuidanceConfig,
+                      consistency: ConsistencyConfig) -> int:
         """Computed peak of decoding: the UNet's batch doubles under classifier-free guidance, and compression
-        guidance keeps the decoder's (mode ``fast``) or also the UNet's (``full``) maps for its backward pass."""
+        guidance keeps the decoder's (mode ``fast``) or also the UNet's (``full``) maps for its backward pass; mode ``latent``
+        and ILVR encode the enlarged guide once."""
         batch = 2 if guidance_scale != 1.0 else 1
         grad = guidance.backward if guidance.scale > 0 else "none"
-        return backbone_decode_bytes(self.backbone, height, width, batch, grad=grad, unet_window=self.unet_window(height, width))
+        encodes_guide = (guidance.mode == "latent" and guidance.scale > 0) or consistency.latent
+        return backbone_decode_bytes(self.backbone, height, width, batch, grad=grad, unet_window=self.unet_window(height, width),
+                                     encoder_pass=encodes_guide)
 
     def memory_estimate(self, height: int, width: int, stage: str, bs: Bitstream | None = None) -> int:
         if stage == "encode":
             return backbone_encode_bytes(self.backbone, height, width)
         if bs is not None:
             cfg = self.decode_parameters(bs)[0]
-            return self._decode_bytes(height, width, cfg.sampler.guidance_scale, cfg.guidance)
-        return self._decode_bytes(height, width, self.config.sampler.guidance_scale, self.config.guidance)
+            return self._decode_bytes(height, width, cfg.sampler.guidance_scale, cfg.guidance, cfg.consistency)
+        return self._decode_bytes(height, width, self.config.sampler.guidance_scale, self.config.guidance, self.config.consistency)
 
     def compress(self, x: torch.Tensor, options: CompressOptions = CompressOptions()) -> Bitstream:
         x = self.check_image(x, min_side=self.min_side)
         cfg = self._config_for(options)
-        check_encode(lambda hh, ww: self._decode_bytes(hh, ww, cfg.sampler.guidance_scale, cfg.guidance),
+        check_encode(lambda hh, ww: self._decode_bytes(hh, ww, cfg.sampler.guidance_scale, cfg.guidance, cfg.consistency),
                      *x.shape[1:], "codec A (textinv)")
         inv = replace(cfg.inversion, seed=options.seed)
         if options.inversion_steps is not None:
@@ -251,7 +255,8 @@ class TextInvCodec(Codec):
                 "decode with the prior that made it (TextInvConfig.prior_path / --prior)"
             )
         check_payload_bytes(len(self.section(bs, "emb")), p("nt", int) * self.backbone.cond_dim, "embedding")
-        check_decode(self._decode_bytes(bs.height, bs.width, sampler.guidance_scale, guidance), f"this {bs.width}x{bs.height} textinv file")
+        check_decode(self._decode_bytes(bs.height, bs.width, sampler.guidance_scale, guidance, consistency),
+                     f"this {bs.width}x{bs.height} textinv file")
         return (replace(self.config, sampler=sampler, guidance=guidance, inversion=inversion, consistency=consistency),
                 delta, p("nt", int), factor)
 

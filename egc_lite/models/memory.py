@@ -36,6 +36,9 @@ IMAGE_COPIES = 6
 UNET_MAPS = 14
 #: Feature maps per level of an autoencoder's decoder and encoder (fitted on egc-tiny's AutoencoderTiny).
 DECODER_MAPS, ENCODER_MAPS = 3.0, 3.6
+#: A pass that keeps its activations for a backward pass holds this many times its maps (fitted on codec A's
+#: ``fast`` mode, rounded up).
+GRAD_FACTOR = 4
 #: What one network pass holds besides its maps (workspace, small buffers).
 PASS_OVERHEAD = 64 * 2**20
 
@@ -129,14 +132,15 @@ def _padded(backbone, height: int, width: int) -> tuple[int, int]:
 
 def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, grad: str = "none",
                           extra_unet_cfg: dict | None = None, extra_modules: tuple[nn.Module, ...] = (),
-                          unet_window: tuple[int, int] | None = None) -> int:
+                          unet_window: tuple[int, int] | None = None, encoder_pass: bool = False) -> int:
     """Peak bytes of sampling and decoding a ``height x width`` image with ``backbone`` (module docstring).
 
     ``batch`` counts the UNet's batch (2 with classifier-free guidance); ``grad`` says which feature maps
-    compression guidance keeps for a backward pass, tripling them: ``"none"``, ``"decoder"`` (the VAE
-    decoder only: guidance mode ``fast``) or ``"all"`` (UNet and decoder: mode ``full``);
+    compression guidance keeps for a backward pass (:data:`GRAD_FACTOR` times them): ``"none"``, ``"decoder"``
+    (the VAE decoder only: guidance mode ``fast``) or ``"all"`` (UNet and decoder: mode ``full``);
     ``extra_unet_cfg`` adds a control module's pass (codec B) and ``extra_modules`` its weights;
-    ``unet_window`` is the latent window of a tiled UNet pass.
+    ``unet_window`` is the latent window of a tiled UNet pass; ``encoder_pass`` counts a VAE encoder pass over the
+    whole image while decoding (codec A encodes its enlarged guide in mode ``latent`` and with ILVR).
     """
     if grad not in ("none", "decoder", "all"):
         raise ValueError(f"grad must be 'none', 'decoder' or 'all', got {grad!r}")
@@ -150,12 +154,14 @@ def backbone_decode_bytes(backbone, height: int, width: int, batch: int = 2, gra
     if grad == "none":
         vae = vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt, decoder)
     elif grad == "decoder":  # guidance's gradient through the decoder, window by window where it tiles
-        vae = 3 * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt, decoder)
+        vae = GRAD_FACTOR * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt, decoder)
     else:  # through the UNet and the whole image's decoder maps
-        vae = 3 * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt)
+        vae = GRAD_FACTOR * vae_decoder_bytes(dict(backbone.vae.config), hp, wp, 1, elt)
     if grad == "all":  # the backward pass through the UNet holds every window's maps: the whole latent's
-        unet = unet_bytes(dict(backbone.unet.config), h, w, batch, elt) * 3
+        unet = unet_bytes(dict(backbone.unet.config), h, w, batch, elt) * GRAD_FACTOR
     stage = max(unet + (vae if grad != "none" else 0), vae)
+    if encoder_pass:
+        stage = max(stage, vae_encoder_bytes(dict(backbone.vae.config), hp, wp, getattr(backbone.vae, "encoder", None)))
     weights = module_bytes(backbone.unet, backbone.vae, *extra_modules)
     return RUNTIME_BYTES + weights + image_bytes(hp, wp) + stage
 
